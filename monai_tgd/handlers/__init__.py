@@ -1,0 +1,3 @@
+from .tgd_handler import TGDHandler
+
+__all__ = ["TGDHandler"]

@@ -1,0 +1,3 @@
+from .dncnn import DnCNN
+
+__all__ = ["DnCNN"]

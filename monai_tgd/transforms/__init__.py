@@ -1,0 +1,17 @@
+"""MONAI transforms for PET denoising with TGD: count-domain rebinning, 2.5D slab sampling, noise-level picks."""
+
+from .counts import SplitCounts, SplitCountsd, ThinCounts, ThinCountsd
+from .noise_level import RandNoiseLeveld
+from .slab import RandSlab25Dd, Slab25D, Slab25Dd, extract_slabs
+
+__all__ = [
+    "ThinCounts",
+    "SplitCounts",
+    "ThinCountsd",
+    "SplitCountsd",
+    "RandNoiseLeveld",
+    "Slab25D",
+    "Slab25Dd",
+    "RandSlab25Dd",
+    "extract_slabs",
+]
