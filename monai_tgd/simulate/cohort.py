@@ -1,0 +1,446 @@
+"""The simulated cohort: profiles, per-study simulation, NIfTI/datalist writer, idempotent and resumable.
+
+Layout of a cohort folder ``OUT``::
+
+    OUT/datalist.json                 MONAI-style datalist (paths relative to OUT), see docs/simulator.md
+    OUT/cohort.json                   completion marker, written last: settings hash + every file of the cohort
+    OUT/studies/<study>/study.json    per-study marker, written last for that study: study hash + its record(s)
+    OUT/studies/<study>/{label,truth,mu}.nii.gz
+    OUT/studies/<study>/<v1|v2>/<image>.nii.gz
+
+Every file is written atomically (:func:`monai_tgd.io.atomic_path`). A cohort whose ``cohort.json`` carries the
+current settings hash and whose files all exist is reused as is; otherwise the marker is removed first, studies
+whose ``study.json`` matches are reused, the others are simulated again, and the datalist and marker are rewritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import zlib
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from monai_tgd.io import atomic_path
+
+from .acquisition import ScannerModel, draw_counts, expected_rates, split_counts, thin_counts
+from .osem import osem, protocol
+from .phantom import LABELS, Grid, PhantomSpec, label_names, place_lesions, random_phantom, rasterize
+from .projector import Geometry
+
+__all__ = [
+    "Profile",
+    "StudyPlan",
+    "PROFILES",
+    "SIMULATOR_VERSION",
+    "NOISE_LEVELS_S",
+    "REFERENCE_S",
+    "plan_cohort",
+    "settings_hash",
+    "simulate_study",
+    "generate_cohort",
+]
+
+SIMULATOR_VERSION = "1"
+"""Bumped whenever a change alters the generated data; part of every settings hash."""
+REFERENCE_S = 600.0
+"""Duration of the full (reference/target) acquisition in seconds."""
+NOISE_LEVELS_S = (30, 45, 60, 90, 120, 180)
+"""Training input durations in seconds, thinned from the 600 s counts (the paper's noise levels)."""
+OOD_INPUT_S = 120
+UNITS = "SUV-like: activity concentration relative to soft tissue (= 1); liver ~2.5, lung ~0.3"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes of a cohort. Geometry lengths in mm; the scanner's physics in ``scanner``.
+
+    ``matrix`` x ``matrix`` pixels of ``pixel_mm`` in-plane, ``n_slices`` slices of ``slice_mm``; the sinogram
+    has ``n_angles`` angles and ``matrix`` radial bins of ``pixel_mm``.
+    """
+
+    name: str
+    matrix: int
+    pixel_mm: float
+    n_slices: int
+    slice_mm: float
+    n_angles: int
+    n_train_low: int
+    n_train_high: int
+    n_finetune: int
+    n_realizations: int = 10
+    iterations: int = 3
+    subsets: int = 8
+    scanner: ScannerModel = field(default_factory=ScannerModel)
+
+    @property
+    def geometry(self) -> Geometry:
+        """The scanner's sinogram and reconstruction geometry."""
+        return Geometry(self.matrix, self.pixel_mm, self.n_angles, self.matrix, self.pixel_mm)
+
+    @property
+    def grid(self) -> Grid:
+        """The reconstruction voxel grid."""
+        return Grid((self.matrix, self.matrix, self.n_slices), (self.pixel_mm, self.pixel_mm, self.slice_mm))
+
+
+PROFILES = {
+    "tiny": Profile("tiny", 40, 12.5, 12, 42.0, 32, 1, 1, 1, subsets=4, scanner=ScannerModel(sensitivity=2.0e-2)),
+    "quick": Profile("quick", 128, 4.0, 64, 8.0, 96, 3, 3, 3, scanner=ScannerModel(sensitivity=4.0e-3)),
+    "paper": Profile("paper", 192, 3.125, 128, 4.0, 192, 10, 10, 7, scanner=ScannerModel(sensitivity=4.0e-3)),
+}  # fmt: skip
+"""Built-in profiles: ``tiny`` for test suites (seconds), ``quick`` (default, ~2 min), ``paper`` (20 + 7 studies)."""
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """What to simulate for one study.
+
+    Attributes:
+        study: study id (also its folder name).
+        role: "train" (in ``pretrain_v1`` and ``train_v2``), "finetune", "test" or "ood".
+        bmi_class: "low" or "high".
+        recons: reconstruction versions to produce.
+        lesions: fixed ``(organ, diameter_mm, contrast)`` lesions; None draws 0-2 random ones.
+        ood: None, "bladder" or "catheter".
+    """
+
+    study: str
+    role: str
+    bmi_class: str
+    recons: tuple[str, ...]
+    lesions: tuple[tuple[str, float, float], ...] | None = None
+    ood: str | None = None
+
+
+def plan_cohort(profile: Profile) -> list[StudyPlan]:
+    """The studies of a cohort: training (mixed BMI), fine-tuning (low BMI), test and out-of-distribution."""
+    both = ("v1", "v2")
+    plans = [StudyPlan(f"train_{i:02d}", "train", "low", both) for i in range(profile.n_train_low)]
+    plans += [
+        StudyPlan(f"train_{i:02d}", "train", "high", both)
+        for i in range(profile.n_train_low, profile.n_train_low + profile.n_train_high)
+    ]
+    plans += [StudyPlan(f"finetune_{i:02d}", "finetune", "low", ("v2",)) for i in range(profile.n_finetune)]
+    plans += [
+        StudyPlan("test_low_bmi_lesion", "test", "low", both, (("liver", 15.0, 4.0), ("liver", 10.0, 3.0),
+                                                               ("lung", 12.0, 8.0))),
+        StudyPlan("test_high_bmi", "test", "high", both, (("liver", 15.0, 4.0), ("lung", 12.0, 8.0))),
+        StudyPlan("ood_bladder", "ood", "low", both, (), "bladder"),
+        StudyPlan("ood_catheter", "ood", "low", both, (), "catheter"),
+    ]  # fmt: skip
+    return plans
+
+
+def _hash(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def settings_hash(profile: Profile, seed: int) -> str:
+    """Hash of everything that determines a cohort's files (simulator version, profile, seed, study plans)."""
+    return _hash({"version": SIMULATOR_VERSION, "profile": asdict(profile), "seed": seed,
+                  "plans": [asdict(p) for p in plan_cohort(profile)]})  # fmt: skip
+
+
+def _study_hash(profile: Profile, seed: int, plan: StudyPlan) -> str:
+    return _hash({"version": SIMULATOR_VERSION, "profile": asdict(profile), "seed": seed, "plan": asdict(plan)})
+
+
+def _study_rng(seed: int, study: str) -> np.random.Generator:
+    """Independent random stream of one study: depends only on the cohort seed and the study id."""
+    return np.random.default_rng([seed, zlib.crc32(study.encode())])
+
+
+def _random_lesions(rng: np.random.Generator) -> tuple[tuple[str, float, float], ...]:
+    out = []
+    for _ in range(int(rng.integers(0, 3))):
+        organ = "liver" if rng.uniform() < 0.6 else "lung"
+        contrast = rng.uniform(2.0, 5.0) if organ == "liver" else rng.uniform(4.0, 10.0)
+        out.append((organ, float(rng.uniform(8.0, 20.0)), float(round(contrast, 2))))
+    return tuple(out)
+
+
+def _frames(plan: StudyPlan, profile: Profile, counts_600: np.ndarray, rng) -> tuple[list[str], list, list]:
+    """Names, durations (s) and counts of the frames to reconstruct, all rebinned from the 600 s counts."""
+    if plan.role in ("train", "finetune"):
+        names = ["target_600s"] + [f"noisy_{d}s" for d in NOISE_LEVELS_S]
+        counts = [counts_600] + [thin_counts(counts_600, d, REFERENCE_S, rng) for d in NOISE_LEVELS_S]
+        return names, [REFERENCE_S, *NOISE_LEVELS_S], counts
+    if plan.role == "test":
+        n = profile.n_realizations
+        frames = split_counts(counts_600, n, REFERENCE_S, rng)
+        return (["reference_600s"] + [f"realization_{k:02d}" for k in range(n)],
+                [REFERENCE_S] + [REFERENCE_S / n] * n, [counts_600, *frames])  # fmt: skip
+    counts_120 = thin_counts(counts_600, OOD_INPUT_S, REFERENCE_S, rng)
+    halves = split_counts(counts_120, 2, OOD_INPUT_S, rng)
+    half = OOD_INPUT_S / 2
+    return (["reference_600s", f"input_{OOD_INPUT_S}s", "half_0", "half_1"],
+            [REFERENCE_S, OOD_INPUT_S, half, half], [counts_600, counts_120, *halves])  # fmt: skip
+
+
+def simulate_study(plan: StudyPlan, profile: Profile, seed: int) -> dict:
+    """Simulate one study in memory.
+
+    Returns:
+        dict with ``spec`` (:class:`PhantomSpec`), ``label`` (int16), ``truth`` (float32, SUV-like) and ``mu``
+        (float32, 1/cm) volumes of shape ``profile.grid.shape``, ``frames`` (names, durations in s) and
+        ``images[version]``: float32 array ``(n_frames, nx, ny, nz)`` in SUV-like units.
+    """
+    rng = _study_rng(seed, plan.study)
+    sc = profile.scanner
+    spec = random_phantom(rng, plan.bmi_class, plan.ood)
+    lesions = _random_lesions(rng) if plan.lesions is None else plan.lesions
+    grid = profile.grid
+    spec = place_lesions(spec, grid, rng, list(lesions))
+    fine = grid.refined(sc.inplane_oversampling, sc.axial_oversampling)
+    activity, mu, _ = rasterize(spec, fine)
+    _, _, label = rasterize(spec, grid)
+    f, za = sc.inplane_oversampling, sc.axial_oversampling
+    n, nz = profile.matrix, profile.n_slices
+    truth = activity.reshape(n, f, n, f, nz, za).mean(axis=(1, 3, 5))
+    mu_map = mu.reshape(n, f, n, f, nz, za).mean(axis=(1, 3, 5))
+    rates = expected_rates(activity, mu, profile.geometry, sc)
+    del activity, mu
+    counts_600 = draw_counts(rates, REFERENCE_S, rng)
+    names, durations, counts = _frames(plan, profile, counts_600, rng)
+    counts = np.stack(counts)
+    images = {
+        v: osem(counts, durations, rates.attenuation, rates.background, sc.sensitivity, profile.geometry,
+                protocol(v, sc.psf_fwhm_mm, profile.iterations, profile.subsets))
+        for v in plan.recons
+    }  # fmt: skip
+    return {"spec": spec, "label": label, "truth": truth.astype(np.float32), "mu": (10 * mu_map).astype(np.float32),
+            "frames": (names, durations), "images": images,
+            "scatter_fraction": float(rates.scatter_fraction.mean())}  # fmt: skip
+
+
+def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, description: str) -> None:
+    img = nib.Nifti1Image(array, affine)
+    img.header.set_xyzt_units("mm", "sec")
+    img.header["descrip"] = description[:79].encode()
+    with atomic_path(path) as tmp:
+        nib.save(img, tmp)
+
+
+def _write_study(plan: StudyPlan, profile: Profile, seed: int, root: Path) -> dict:
+    """Simulate ``plan`` and write its files and ``study.json``; return the study manifest."""
+    sim = simulate_study(plan, profile, seed)
+    spec: PhantomSpec = sim["spec"]
+    folder = root / "studies" / plan.study
+    for stale in folder.rglob(".partial-*"):  # temporary files of an interrupted writer (see atomic_path)
+        stale.unlink()
+    affine = profile.grid.affine()
+    rel = lambda p: p.relative_to(root).as_posix()  # noqa: E731
+    files = {}
+    for key, desc in (("label", "label map"), ("truth", "true activity, SUV-like"), ("mu", "mu 511 keV, 1/cm")):
+        path = folder / f"{key}.nii.gz"
+        _save_nifti(sim[key], affine, path, f"monai-tgd sim {plan.study} {desc}")
+        files[key] = rel(path)
+    names, durations = sim["frames"]
+    images = {}
+    for version, stack in sim["images"].items():
+        images[version] = {}
+        for name, duration, image in zip(names, durations, stack):
+            path = folder / version / f"{name}.nii.gz"
+            _save_nifti(image, affine, path, f"monai-tgd sim {plan.study} {version} {duration:g}s SUV-like")
+            images[version][name] = rel(path)
+    manifest = {
+        "study_hash": _study_hash(profile, seed, plan),
+        "plan": asdict(plan),
+        "bmi": round(spec.bmi, 2),
+        "label_names": {str(k): v for k, v in sorted(label_names(spec).items())},
+        "lesions": [
+            {"label": les.label, "organ": les.organ, "center_mm": list(les.center_mm), "diameter_mm": les.diameter_mm,
+             "contrast": les.contrast, "activity": round(spec.uptake[les.organ] * les.contrast, 4)}
+            for les in spec.lesions
+        ],  # fmt: skip
+        "scatter_fraction": round(sim["scatter_fraction"], 4),
+        "files": files,
+        "frames": {"names": names, "durations_s": durations},
+        "images": images,
+    }
+    with atomic_path(folder / "study.json") as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def _study_files(manifest: dict) -> list[str]:
+    return [*manifest["files"].values(), *(p for v in manifest["images"].values() for p in v.values())]
+
+
+def _load_complete_study(root: Path, plan: StudyPlan, expected_hash: str) -> dict | None:
+    """The study's manifest if it is complete for ``expected_hash`` (marker present, hash equal, files present)."""
+    path = root / "studies" / plan.study / "study.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if manifest.get("study_hash") != expected_hash or not all((root / f).is_file() for f in _study_files(manifest)):
+        return None
+    return manifest
+
+
+def _records(plan: StudyPlan, manifest: dict) -> dict[str, list[dict]]:
+    """Datalist records of one study, keyed by datalist section."""
+    common = {"study": plan.study, "role": plan.role, "bmi_class": plan.bmi_class, "bmi": manifest["bmi"],
+              "label": manifest["files"]["label"], "label_names": manifest["label_names"],
+              "truth": manifest["files"]["truth"],
+              "mu_map": manifest["files"]["mu"], "lesions": manifest["lesions"],
+              "scatter_fraction": manifest["scatter_fraction"]}  # fmt: skip
+    names, durations = manifest["frames"]["names"], manifest["frames"]["durations_s"]
+    out: dict[str, list[dict]] = {}
+    for version, imgs in manifest["images"].items():
+        rec = {**common, "recon": version}
+        if plan.role in ("train", "finetune"):
+            rec["target"] = imgs["target_600s"]
+            rec.update({f"noisy_{d}s": imgs[f"noisy_{d}s"] for d in NOISE_LEVELS_S})
+            rec["durations_s"] = {"target": REFERENCE_S, **{f"noisy_{d}s": float(d) for d in NOISE_LEVELS_S}}
+            section = {"train": {"v1": "pretrain_v1", "v2": "train_v2"}, "finetune": {"v2": "finetune_v2"}}
+            key = section[plan.role][version]
+        elif plan.role == "test":
+            rec["reference"] = imgs["reference_600s"]
+            rec["realizations"] = [imgs[n] for n in names if n.startswith("realization_")]
+            rec["realization_duration_s"] = durations[-1]
+            rec["reference_duration_s"] = REFERENCE_S
+            key = "test"
+        else:
+            rec.update(ood_feature=plan.ood, reference=imgs["reference_600s"], reference_duration_s=REFERENCE_S)
+            rec.update(input_120s=imgs[f"input_{OOD_INPUT_S}s"], halves=[imgs["half_0"], imgs["half_1"]])
+            rec.update(half_duration_s=OOD_INPUT_S / 2, ood_label=LABELS["ood"])
+            key = "ood"
+        out.setdefault(key, []).append(rec)
+    return out
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise PermissionError(f"cannot write the cohort to {str(out)!r}: {err}") from err
+
+
+def _worker_init() -> None:
+    """One torch thread per worker process: the workers already use every core."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def generate_cohort(
+    out: str | os.PathLike,
+    profile: str | Profile = "quick",
+    seed: int = 0,
+    workers: int | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Generate (or reuse) a simulated cohort in ``out`` and return the path of its ``datalist.json``.
+
+    Args:
+        out: cohort folder (created if needed).
+        profile: a name in :data:`PROFILES` or a :class:`Profile`.
+        seed: cohort seed; the cohort is a deterministic function of ``(profile, seed)``.
+        workers: simulation processes; None uses ``min(2, cpu count)`` (1 for ``tiny``). Each process uses one
+            torch thread.
+        progress: show a tqdm progress bar over studies.
+        log: callable receiving one-line status messages (e.g. ``print``); None is silent.
+
+    Raises:
+        ValueError: unknown profile name or negative seed.
+        PermissionError: ``out`` cannot be created or written.
+    """
+    if isinstance(profile, str):
+        if profile not in PROFILES:
+            raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}.")
+        profile = PROFILES[profile]
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}.")
+    seed = int(seed)
+    say = log or (lambda msg: None)
+    root = Path(out)
+    _check_writable(root)
+    datalist_path, marker = root / "datalist.json", root / "cohort.json"
+    digest = settings_hash(profile, seed)
+    try:
+        done = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        done = None
+    if done and done.get("settings_hash") == digest and all((root / f).is_file() for f in done.get("files", [])):
+        say(f"reusing the complete cohort in {root} (settings {digest})")
+        return datalist_path
+    marker.unlink(missing_ok=True)  # from here on the folder is not a complete cohort until the marker is rewritten
+
+    plans = plan_cohort(profile)
+    manifests: dict[str, dict] = {}
+    todo = []
+    for plan in plans:
+        m = _load_complete_study(root, plan, _study_hash(profile, seed, plan))
+        if m is None:
+            todo.append(plan)
+        else:
+            manifests[plan.study] = m
+    say(f"{len(plans) - len(todo)} studies reused, {len(todo)} to simulate ({profile.name}, seed {seed})")
+    if workers is None:
+        workers = 1 if profile.name == "tiny" else min(2, os.cpu_count() or 1)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(plans), initial=len(plans) - len(todo), desc=f"cohort {profile.name}", unit="study",
+              disable=not progress) as bar:  # fmt: skip
+        if workers <= 1 or len(todo) <= 1:
+            for plan in todo:
+                manifests[plan.study] = _write_study(plan, profile, seed, root)
+                bar.update()
+        else:
+            ctx = get_context("spawn")  # no fork after torch/OpenMP threads have started
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
+                futures = {pool.submit(_write_study, p, profile, seed, root): p for p in todo}
+                for fut in as_completed(futures):
+                    manifests[futures[fut].study] = fut.result()
+                    bar.update()
+
+    label_map = {str(v): k for k, v in LABELS.items()}
+    label_map[str(LABELS["ood"])] = "ood (the out-of-distribution structure: irregular bladder or catheter)"
+    label_map["10+"] = "lesion (one label per lesion, see each record's lesions)"
+    datalist: dict = {
+        "name": "monai-tgd simulated whole-body FDG-PET cohort",
+        "description": "2D-per-slice PET simulation, OSEM v1/v2 reconstructions; see docs/simulator.md",
+        "simulator_version": SIMULATOR_VERSION,
+        "profile": profile.name,
+        "seed": seed,
+        "settings_hash": digest,
+        "label_names": label_map,
+        "voxel_size_mm": [profile.pixel_mm, profile.pixel_mm, profile.slice_mm],
+        "image_shape": list(profile.grid.shape),
+        "units": UNITS,
+        "noise_levels_s": list(NOISE_LEVELS_S),
+        "reference_duration_s": REFERENCE_S,
+        "pretrain_v1": [],
+        "train_v2": [],
+        "finetune_v2": [],
+        "test": [],
+        "ood": [],
+    }
+    files = []
+    for plan in plans:
+        m = manifests[plan.study]
+        for key, recs in _records(plan, m).items():
+            datalist[key].extend(recs)
+        files += [*_study_files(m), f"studies/{plan.study}/study.json"]
+    with atomic_path(datalist_path) as tmp:
+        tmp.write_text(json.dumps(datalist, indent=1))
+    with atomic_path(marker) as tmp:
+        tmp.write_text(json.dumps({"settings_hash": digest, "profile": asdict(profile), "seed": seed,
+                                   "simulator_version": SIMULATOR_VERSION,
+                                   "files": ["datalist.json", *files]}, indent=1))  # fmt: skip
+    say(f"cohort complete: {datalist_path}")
+    return datalist_path
