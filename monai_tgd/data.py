@@ -1,0 +1,94 @@
+"""Datalists of PET studies: the simulated cohort by default, or the user's own JSON, checked before any long work.
+
+A datalist is a MONAI-style JSON object whose sections (``pretrain_v1``, ``train_v2``, ``finetune_v2``, ``test``,
+``ood``) are lists of study records; file paths are absolute or relative to the datalist's folder. The fields are
+documented in ``docs/simulator.md`` and the bundle's model card.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["ensure_datalist", "load_datalist", "n2n_pairs"]
+
+
+def ensure_datalist(
+    datalist: str | os.PathLike | None = None,
+    cohort_dir: str | os.PathLike | None = None,
+    profile: str = "quick",
+    seed: int = 0,
+) -> str:
+    """Path of the datalist to use: ``datalist`` if given (it must exist), else the simulated cohort in
+    ``cohort_dir``, generated on first use (and reused afterwards; see :func:`monai_tgd.simulate.generate_cohort`)."""
+    if datalist:
+        path = Path(datalist)
+        if not path.is_file():
+            raise FileNotFoundError(f"datalist {path} not found (expected a JSON file with study records).")
+        return str(path)
+    if cohort_dir is None:
+        raise ValueError("ensure_datalist: give a datalist JSON or a cohort_dir for the simulated cohort.")
+    from .simulate import generate_cohort  # only needed when the default data is used
+
+    return str(generate_cohort(cohort_dir, profile, seed, log=print))
+
+
+def _resolve(value, base: Path):
+    if isinstance(value, str) and value and not os.path.isabs(value) and (base / value).exists():
+        return str(base / value)
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return [_resolve(v, base) for v in value]
+    return value
+
+
+def load_datalist(
+    datalist: str | os.PathLike, section: str, required: Sequence[str] = (), recon: str | None = None
+) -> list[dict]:
+    """Records of one section, with relative file paths made absolute, checked before any long work.
+
+    Args:
+        datalist: the datalist JSON.
+        section: e.g. ``"pretrain_v1"``, ``"finetune_v2"``, ``"test"``, ``"ood"``.
+        required: fields every record must have; those holding file paths (or lists of them) must exist.
+        recon: keep only records of this reconstruction version (``"v1"``/``"v2"``); None keeps all.
+
+    Raises:
+        ValueError: unreadable JSON, missing or empty section, a record without a required field.
+        FileNotFoundError: a required file does not exist (the message names the study and field).
+    """
+    path = Path(datalist)
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read datalist {path}: {e}") from e
+    records = content.get(section) if isinstance(content, dict) else None
+    if not isinstance(records, list) or not records:
+        sections = [k for k, v in content.items() if isinstance(v, list)] if isinstance(content, dict) else []
+        raise ValueError(f"datalist {path} has no non-empty section '{section}'; sections found: {sections}.")
+    base = path.parent
+    out = []
+    for i, record in enumerate(records):
+        if recon is not None and record.get("recon") != recon:
+            continue
+        record = {k: _resolve(v, base) for k, v in record.items()}
+        name = record.get("study", f"#{i}")
+        for field in required:
+            if field not in record:
+                raise ValueError(f"datalist {path}, section '{section}', study {name}: missing field '{field}'.")
+            value = record[field]
+            for f in value if isinstance(value, list) else [value]:
+                if isinstance(f, str) and not Path(f).exists():
+                    raise FileNotFoundError(f"datalist {path}, study {name}, field '{field}': file {f} not found.")
+        out.append(record)
+    if not out:
+        raise ValueError(f"datalist {path}, section '{section}': no records with recon={recon!r}.")
+    return out
+
+
+def n2n_pairs(record: dict, halves_key: str = "halves", input_key: str = "image", target_key: str = "target") -> list:
+    """Noise2Noise training pairs of one study: half 1 -> half 2 and half 2 -> half 1 (paper Section 3.2)."""
+    first, second = record[halves_key]
+    common = {k: v for k, v in record.items() if k != halves_key}
+    return [{**common, input_key: first, target_key: second}, {**common, input_key: second, target_key: first}]
