@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["ensure_datalist", "load_datalist", "n2n_pairs"]
+__all__ = ["PATH_FIELDS", "ensure_datalist", "load_datalist", "n2n_pairs"]
 
 
 def ensure_datalist(
@@ -35,10 +35,19 @@ def ensure_datalist(
     return str(generate_cohort(cohort_dir, profile, seed, log=print))
 
 
+#: Record fields that hold file paths (or lists of them); ``noisy_<t>s`` fields too. Relative paths are relative to
+#: the datalist's folder.
+PATH_FIELDS = ("image", "target", "label", "truth", "mu_map", "reference", "input_120s", "realizations", "halves")
+
+
+def _is_path_field(field: str, required: Sequence[str]) -> bool:
+    return field in PATH_FIELDS or field.startswith("noisy_") or field in required
+
+
 def _resolve(value, base: Path):
-    if isinstance(value, str) and value and not os.path.isabs(value) and (base / value).exists():
-        return str(base / value)
-    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+    if isinstance(value, str):
+        return value if os.path.isabs(value) else str(base / value)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return [_resolve(v, base) for v in value]
     return value
 
@@ -72,14 +81,14 @@ def load_datalist(
     for i, record in enumerate(records):
         if recon is not None and record.get("recon") != recon:
             continue
-        record = {k: _resolve(v, base) for k, v in record.items()}
+        record = {k: _resolve(v, base) if _is_path_field(k, required) else v for k, v in record.items()}
         name = record.get("study", f"#{i}")
         for field in required:
             if field not in record:
                 raise ValueError(f"datalist {path}, section '{section}', study {name}: missing field '{field}'.")
             value = record[field]
             for f in value if isinstance(value, list) else [value]:
-                if isinstance(f, str) and not Path(f).exists():
+                if _is_path_field(field, required) and not Path(f).exists():
                     raise FileNotFoundError(f"datalist {path}, study {name}, field '{field}': file {f} not found.")
         out.append(record)
     if not out:
