@@ -1,0 +1,91 @@
+"""configs/multi_gpu_train.json: finetune_tgd under ``torchrun`` with 2 CPU processes (gloo) on the tiny cohort.
+
+What must hold: the run exits 0; the final checkpoint is the unwrapped network's ``state_dict`` (loads into a plain
+DnCNN with ``weights_only=True``); the channels frozen by the run's masks are bit-identical to the v1 model's; rank 0
+alone writes the mask files, the checkpoints and the TensorBoard events.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+from monai.bundle import ConfigParser
+
+from monai_tgd.networks import DnCNN
+
+from .conftest import BUNDLE, TINY_OVERRIDES
+
+CONFIGS = BUNDLE / "configs"
+TIMEOUT = 240  # seconds; a hung process group fails the test instead of blocking CI
+
+
+def _load(path) -> dict[str, torch.Tensor]:
+    net = DnCNN(features=TINY_OVERRIDES["features"], num_layers=TINY_OVERRIDES["num_layers"])
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))  # strict: no "module." prefix
+    return net.state_dict()
+
+
+def test_rank0_only_overrides_target_the_right_items():
+    """multi_gpu_train.json disables ``train#handlers#1``/``#2`` and ``train#savers#0``/``#1`` on ranks > 0 by index
+    (the model-zoo convention); this fails if common.json reorders those lists."""
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "common.json"), str(CONFIGS / "finetune_tgd.json")])
+    handlers = [h["_target_"] for h in parser["train"]["handlers"]]
+    assert handlers[1:3] == ["StatsHandler", "TensorBoardStatsHandler"], handlers
+    savers = [s["_target_"] for s in parser["train"]["savers"]]
+    assert savers == ["CheckpointSaver", "CheckpointSaver"], savers
+
+
+def test_finetune_tgd_ddp_two_processes(run_bundle, tiny_cohort, tmp_path):
+    run_bundle("pretrain")
+    models, runs = tmp_path / "models", tmp_path / "runs"
+    overrides = {**TINY_OVERRIDES, "tgd_threshold": 0.5}
+    configs = [str(CONFIGS / f) for f in ("common.json", "finetune_tgd.json", "multi_gpu_train.json")]
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+        "-m", "monai.bundle", "run",
+        "--config_file", json.dumps(configs),
+        "--meta_file", str(CONFIGS / "metadata.json"),
+        "--logging_file", str(CONFIGS / "logging.conf"),
+        "--bundle_root", str(BUNDLE),
+        "--datalist", str(tiny_cohort),
+        "--ckpt_dir", str(models),
+        "--output_dir", str(runs),
+    ]  # fmt: skip
+    for key, value in overrides.items():
+        cmd += [f"--{key}", json.dumps(value)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    try:
+        proc = subprocess.run(cmd, cwd=BUNDLE, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"torchrun did not finish in {TIMEOUT} s; stderr tail:\n{(e.stderr or b'')[-4000:]}") from e
+    assert proc.returncode == 0, f"torchrun exited {proc.returncode}; stderr tail:\n{proc.stderr[-6000:]}"
+
+    v1, tgd = _load(models / "model_v1.pt"), _load(models / "model_tgd.pt")
+    run_dir = runs / "tgd"
+    masks = torch.load(run_dir / "tgd_masks.pt", weights_only=True)
+    assert set(masks) == {f"blocks.{i}.conv" for i in range(TINY_OVERRIDES["num_layers"] - 1)}
+    changed = 0
+    for name, retrain in masks.items():
+        norm = name.replace("conv", "norm")
+        for key in (f"{name}.weight", f"{name}.bias", f"{norm}.weight", f"{norm}.bias"):
+            if key in v1:
+                assert torch.equal(tgd[key][~retrain], v1[key][~retrain]), f"frozen rows of {key} changed under DDP"
+                changed += int(not torch.equal(tgd[key][retrain], v1[key][retrain]))
+    assert changed > 0, "no retrained channel moved"
+    out = f"blocks.{TINY_OVERRIDES['num_layers'] - 1}.conv"
+    assert torch.equal(tgd[f"{out}.weight"], v1[f"{out}.weight"]) and torch.equal(tgd[f"{out}.bias"], v1[f"{out}.bias"])
+
+    # rank 0 alone writes: one mask file pair (no leftover temporaries of a second writer), one TensorBoard file
+    files = sorted(p.name for p in run_dir.iterdir())
+    assert [f for f in files if f.startswith("tgd_masks")] == ["tgd_masks.json", "tgd_masks.pt"], files
+    assert len([f for f in files if f.startswith("events.out.tfevents")]) == 1, files
+    assert [f for f in files if f.endswith(".pt") and f != "tgd_masks.pt"] == ["checkpoint_epoch=2.pt"], files
+    checkpoint = torch.load(run_dir / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
+    assert set(checkpoint) == {"network", "optimizer", "tgd", "trainer"}
+    assert set(checkpoint["network"]) == set(v1), "the resumable checkpoint must hold the unwrapped network"
+    assert all(torch.equal(checkpoint["tgd"]["masks"][k], m) for k, m in masks.items())
