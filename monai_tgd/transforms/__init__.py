@@ -1,8 +1,10 @@
-"""MONAI transforms for PET denoising with TGD: count-domain rebinning, 2.5D slab sampling, noise-level picks."""
+"""MONAI transforms for PET denoising with TGD: count-domain rebinning, 2.5D slab sampling, noise-level picks,
+input checks."""
 
 from .counts import SplitCounts, SplitCountsd, ThinCounts, ThinCountsd
 from .noise_level import RandNoiseLeveld
 from .slab import RandSlab25Dd, Slab25D, Slab25Dd, extract_slabs
+from .validate import ValidatePET, ValidatePETd, check_pet_files
 
 __all__ = [
     "ThinCounts",
@@ -14,4 +16,7 @@ __all__ = [
     "Slab25Dd",
     "RandSlab25Dd",
     "extract_slabs",
+    "ValidatePET",
+    "ValidatePETd",
+    "check_pet_files",
 ]

@@ -8,6 +8,11 @@ MICCAI 2021, Section 2). This module turns channel-first volumes ``[C, H, W, D]`
 * :class:`Slab25D` / :class:`Slab25Dd`: deterministic, every slab of a volume (evaluation).
 * :class:`RandSlab25Dd`: random slabs for training, the same location in every key, an optional in-plane crop and
   optional weighting towards the body.
+* Held-out slices: ``RandSlab25Dd(..., exclude_slices=s)`` never centres a sample on the slices ``s`` and
+  ``Slab25Dd(..., slices=s)`` returns only the slabs centred on them, e.g. ``s = slice(2, None, 5)`` (every 5th
+  slice) for a validation loss on slices training never used as targets (their neighbours still appear as input
+  channels of training slabs). ``s`` is a ``slice``, an int or a sequence of ints (negative ones count from the end),
+  resolved against the volume's length along ``axis`` by :func:`select_slices`.
 
 Conventions:
 
@@ -37,7 +42,7 @@ from monai.data.meta_obj import get_track_meta
 from monai.transforms import MapTransform, Randomizable, Transform
 from monai.utils import convert_to_tensor, ensure_tuple_rep
 
-__all__ = ["extract_slabs", "Slab25D", "Slab25Dd", "RandSlab25Dd", "SLICE_INDEX_KEY", "SLICE_AXIS_KEY"]
+__all__ = ["extract_slabs", "select_slices", "Slab25D", "Slab25Dd", "RandSlab25Dd", "SLICE_INDEX_KEY", "SLICE_AXIS_KEY"]
 
 SLICE_INDEX_KEY = "slice_index"
 """MetaTensor ``meta`` key holding the index of a slab's centre slice along the slab axis."""
@@ -46,6 +51,22 @@ SLICE_AXIS_KEY = "slice_axis"
 PATCH_INDEX_KEY = "patch_index"
 
 Image = np.ndarray | torch.Tensor
+Slices = slice | int | Sequence[int]
+
+
+def select_slices(slices: Slices, length: int) -> np.ndarray:
+    """Sorted, unique indices in ``[0, length)`` selected by ``slices``: a ``slice`` (e.g. ``slice(2, None, 5)``),
+    an int or a sequence of ints (negative ones count from the end). Out-of-range ints raise ``ValueError``."""
+    if isinstance(slices, slice):
+        return np.arange(length)[slices]
+    index = np.asarray([slices] if isinstance(slices, (int, np.integer)) else list(slices))
+    if index.size == 0:
+        return index.astype(int)
+    if not np.issubdtype(index.dtype, np.integer) or index.ndim != 1:
+        raise ValueError(f"slices must be a slice, an int or a sequence of ints, got {slices!r}.")
+    if index.min() < -length or index.max() >= length:
+        raise ValueError(f"slice indices must lie in [{-length}, {length}) for {length} slices, got {index.tolist()}.")
+    return np.unique(index % length)
 
 
 def check_slab(slab: int) -> int:
@@ -147,22 +168,26 @@ class Slab25D(Transform):
     Args:
         slab: odd number of consecutive slices per slab (3 in the paper; 1 gives plain slices).
         axis: spatial axis to slice along (``-1``: last, e.g. axial ``D`` of ``[C, H, W, D]``).
+        slices: only the slabs centred on these slices (see :func:`select_slices`), e.g. a held-out subset;
+            None: all.
 
     Input: channel-first ``[C, H, W, D]`` (numpy, torch or MetaTensor). Output: a list of ``L`` slabs
-    ``[C * slab, H, W]`` of the same type (``L`` = size along ``axis``), slab ``z`` centred on slice ``z``; see the
-    module docstring for border handling and metadata (``slice_index = z``, 2D affine).
+    ``[C * slab, H, W]`` of the same type (``L`` = size along ``axis``, or the number of ``slices``), slab ``z``
+    centred on slice ``z``; see the module docstring for border handling and metadata (``slice_index = z``, 2D affine).
     """
 
-    def __init__(self, slab: int = 3, axis: int = -1) -> None:
+    def __init__(self, slab: int = 3, axis: int = -1, slices: Slices | None = None) -> None:
         self.slab = check_slab(slab)
         self.axis = axis
+        self.slices = slices
 
     def __call__(self, img: Image) -> list[Image]:
         axis = spatial_axis(self.axis, img.ndim - 1)
         length = img.shape[1 + axis]
-        starts = np.zeros((length, img.ndim - 1), dtype=int)
-        starts[:, axis] = np.arange(length)
-        return _slabs_at(img, range(length), starts.tolist(), None, self.slab, axis)
+        centres = np.arange(length) if self.slices is None else select_slices(self.slices, length)
+        starts = np.zeros((len(centres), img.ndim - 1), dtype=int)
+        starts[:, axis] = centres
+        return _slabs_at(img, centres.tolist(), starts.tolist(), None, self.slab, axis)
 
 
 class Slab25Dd(MapTransform):
@@ -173,6 +198,7 @@ class Slab25Dd(MapTransform):
         slab: slab size, one int or one per key, e.g. ``slab=(3, 1)`` for ``keys=("image", "target")`` gives
             ``image`` as ``[3, H, W]`` and ``target`` as its centre slice ``[1, H, W]``.
         axis: spatial axis to slice along.
+        slices: only the slabs centred on these slices (see :func:`select_slices`); None: all.
         allow_missing_keys: don't raise if a key is missing.
 
     Entries that are not in ``keys`` are shared by reference between the ``L`` dicts (not deep-copied as in MONAI's
@@ -180,9 +206,10 @@ class Slab25Dd(MapTransform):
     """
 
     def __init__(self, keys: KeysCollection, slab: int | Sequence[int] = 3, axis: int = -1,
-                 allow_missing_keys: bool = False) -> None:
+                 allow_missing_keys: bool = False, slices: Slices | None = None) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.slicers = {key: Slab25D(s, axis) for key, s in zip(self.keys, ensure_tuple_rep(slab, len(self.keys)))}
+        slabs = ensure_tuple_rep(slab, len(self.keys))
+        self.slicers = {key: Slab25D(s, axis, slices) for key, s in zip(self.keys, slabs)}
 
     def __call__(self, data: Mapping[Hashable, Image]) -> list[dict[Hashable, Image]]:
         keys = list(self.key_iterator(data))
@@ -223,6 +250,9 @@ class RandSlab25Dd(Randomizable, MapTransform):
         weight_threshold: threshold for ``weight_key`` in its own units (e.g. 0 for a mask, a small activity
             concentration for an image).
         allow_missing_keys: don't raise if a key is missing.
+        exclude_slices: slices never used as sample centres (see :func:`select_slices`), e.g. ``slice(2, None, 5)``
+            held out for validation; the others are drawn as above (uniformly when none of them has foreground).
+            Excluding every slice raises ``ValueError``.
 
     Returns:
         a list of ``num_samples`` dicts; other entries are deep-copied into each, as in MONAI's
@@ -240,8 +270,10 @@ class RandSlab25Dd(Randomizable, MapTransform):
         weight_key: Hashable | None = None,
         weight_threshold: float = 0.0,
         allow_missing_keys: bool = False,
+        exclude_slices: Slices | None = None,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
+        self.exclude_slices = exclude_slices
         self.slab = {key: check_slab(s) for key, s in zip(self.keys, ensure_tuple_rep(slab, len(self.keys)))}
         if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
@@ -265,11 +297,21 @@ class RandSlab25Dd(Randomizable, MapTransform):
         axis = spatial_axis(self.axis, len(spatial_shape))
         inplane = [d for d in range(len(spatial_shape)) if d != axis]
         size = self._size = self._patch_size(spatial_shape, inplane)
+        length = spatial_shape[axis]
+        allowed = None
+        if self.exclude_slices is not None:
+            allowed = np.ones(length, dtype=bool)
+            allowed[select_slices(self.exclude_slices, length)] = False
+            if not allowed.any():
+                raise ValueError(f"exclude_slices={self.exclude_slices!r} excludes all {length} slices.")
         weights = None
         if foreground is not None and foreground.any():
             weights = foreground.sum(axis=tuple(inplane), dtype=np.float64)
-            weights /= weights.sum()
-        centres = self.R.choice(spatial_shape[axis], size=self.num_samples, p=weights)
+            if allowed is not None:
+                weights *= allowed
+            weights = weights / weights.sum() if weights.any() else None
+        p = weights if weights is not None or allowed is None else allowed / allowed.sum()
+        centres = self.R.choice(length, size=self.num_samples, p=p)
         self._starts = []
         for z in centres:
             start = [0] * len(spatial_shape)

@@ -1,0 +1,120 @@
+"""The bundle's ``inference`` workflow on the tiny simulated cohort: NIfTI and DICOM in, NIfTI out, all-or-nothing."""
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from monai_tgd.networks import DnCNN
+
+from .conftest import TINY_OVERRIDES
+
+
+def first_realisations(tiny_cohort, recon="v1"):
+    records = json.loads(Path(tiny_cohort).read_text())["test"]
+    return [str(Path(tiny_cohort).parent / r["realizations"][0]) for r in records if r["recon"] == recon]
+
+
+@pytest.fixture
+def random_model(tmp_path):
+    """A tiny DnCNN checkpoint in the place of ``model_v1.pt`` (the pipeline, not the training, is tested here)."""
+    torch.manual_seed(0)
+    path = tmp_path / "models" / "model_v1.pt"
+    path.parent.mkdir()
+    torch.save(DnCNN(features=TINY_OVERRIDES["features"], num_layers=TINY_OVERRIDES["num_layers"]).state_dict(), path)
+    return path
+
+
+def outputs(tmp_path):
+    return sorted((tmp_path / "runs").rglob("*.nii*")) if (tmp_path / "runs").exists() else []
+
+
+def test_pretrain_then_inference_keeps_geometry(run_bundle, tiny_cohort, tmp_path):
+    run_bundle("pretrain")
+    run_bundle("inference")  # default inputs: the first v1 realisation of each test study, model_v1.pt
+    inputs = first_realisations(tiny_cohort)
+    assert len(inputs) == 2
+    root = Path(tiny_cohort).parent / "studies"
+    for src in inputs:
+        rel = Path(src).relative_to(root)  # the input's folders below their common root are kept
+        out = tmp_path / "runs" / "inference" / rel.parent / rel.name.replace(".nii.gz", "_denoised.nii.gz")
+        a, b = nib.load(src), nib.load(out)
+        assert b.shape == a.shape and np.array_equal(b.affine, a.affine)
+        assert b.header.get_xyzt_units() == a.header.get_xyzt_units() == ("mm", "sec")
+        y = b.get_fdata()
+        assert b.get_data_dtype() == np.float32 and np.isfinite(y).all()
+        assert 0.5 < y.mean() / a.get_fdata().mean() < 2  # same units (SUV-like), not rescaled
+    assert not list((tmp_path / "runs").rglob(".partial-*"))
+
+
+def test_bad_input_among_several_writes_nothing(run_bundle, tiny_cohort, tmp_path, random_model):
+    good = first_realisations(tiny_cohort)
+    bad = tmp_path / "bad.nii.gz"
+    data = nib.load(good[0]).get_fdata().astype(np.float32)
+    data[3, 4, 5] = np.nan
+    nib.save(nib.Nifti1Image(data, nib.load(good[0]).affine), bad)
+    with pytest.raises(Exception) as e:
+        run_bundle("inference", input_files=[good[0], str(bad), good[1]])
+    chain = []
+    err = e.value
+    while err is not None:
+        chain.append(err)
+        err = err.__cause__
+    assert any(isinstance(x, ValueError) and "bad.nii.gz: expected finite voxel values" in str(x) for x in chain)
+    assert outputs(tmp_path) == []
+    with pytest.raises(Exception) as e:
+        run_bundle("inference", input_files=[good[0], str(tmp_path / "missing.nii.gz")])
+    assert isinstance(e.value.__cause__, FileNotFoundError) and "missing.nii.gz" in str(e.value.__cause__)
+    assert outputs(tmp_path) == []
+
+
+def write_dicom_series(nifti: str, folder: Path) -> float:
+    """Write a NIfTI volume as a PET DICOM series (int16 + rescale slope); return the slope."""
+    sitk = pytest.importorskip("SimpleITK")
+    img = sitk.ReadImage(nifti, sitk.sitkFloat32)  # SimpleITK converts NIfTI's RAS to DICOM's LPS
+    values = sitk.GetArrayViewFromImage(img)
+    slope = float(np.abs(values).max()) / 32000
+    folder.mkdir(parents=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    direction = img.GetDirection()
+    orientation = "\\".join(f"{v:g}" for v in (*direction[0::3], *direction[1::3]))
+    for z in range(img.GetDepth()):
+        frame = img[:, :, z]
+        tags = {
+            "0008|0060": "PT", "0020|000d": "1.2.826.0.1.3680043.2.1125.1", "0020|000e": "1.2.826.0.1.3680043.2.1125.2",
+            "0020|0037": orientation, "0020|0013": str(z + 1),
+            "0020|0032": "\\".join(f"{v:.6f}" for v in img.TransformIndexToPhysicalPoint((0, 0, z))),
+            "0028|1053": f"{slope:.10g}", "0028|1052": "0", "0028|0100": "16", "0028|0101": "16", "0028|0102": "15",
+            "0028|0103": "1",
+        }  # fmt: skip
+        for key, value in tags.items():
+            frame.SetMetaData(key, value)
+        writer.SetFileName(str(folder / f"slice_{z:03d}.dcm"))
+        writer.Execute(frame)
+    return slope
+
+
+def test_dicom_series_input(run_bundle, tiny_cohort, tmp_path, random_model):
+    pytest.importorskip("pydicom")
+    from monai.transforms import LoadImage
+
+    src = first_realisations(tiny_cohort)[0]
+    slope = write_dicom_series(src, tmp_path / "dicom" / "pet_series")
+    loaded = LoadImage(image_only=True, ensure_channel_first=True)(str(tmp_path / "dicom" / "pet_series"))
+    reference = nib.load(src)
+    # int16 storage with a rescale slope: values round-trip to within half a slope step
+    assert np.abs(loaded[0].numpy() - reference.get_fdata()).max() <= slope / 2 * 1.01
+    np.testing.assert_allclose(loaded.affine.numpy(), reference.affine, atol=1e-4)
+
+    series = str(tmp_path / "dicom" / "pet_series")
+    run_bundle("inference", input_files=[series, src], inference_output_dir=str(tmp_path / "out"))
+    # outputs mirror the inputs' folders below their common root
+    (from_dicom,) = [nib.load(p) for p in (tmp_path / "out").rglob("dicom/pet_series_denoised.nii.gz")]
+    (from_nifti,) = [nib.load(p) for p in (tmp_path / "out").rglob("v1/realization_00_denoised.nii.gz")]
+    assert from_dicom.shape == reference.shape
+    np.testing.assert_allclose(from_dicom.affine, reference.affine, atol=1e-4)
+    np.testing.assert_allclose(from_dicom.get_fdata(), from_nifti.get_fdata(), atol=50 * slope)
