@@ -108,3 +108,23 @@ def test_grid_affine():
     assert np.isclose(zs.mean(), 50.0) and np.isclose(xs.mean(), 0.0)
     fine = g.refined(2, 3)
     assert fine.shape == (20, 24, 15) and np.isclose(fine.axes()[2].mean(), 50.0)
+
+
+@pytest.mark.parametrize("profile", ["tiny", "quick"])
+def test_high_bmi_bodies_inside_fov(profile):
+    """No activity outside the reconstruction FOV circle (OSEM forces it to 0): every body within 0.9 x its radius."""
+    from monai_tgd.simulate import PROFILES
+
+    prof = PROFILES[profile]
+    geom, grid = prof.geometry, prof.grid
+    x, y, _ = grid.axes()
+    radius = np.hypot(x[:, None], y[None, :])
+    inner = radius <= 0.9 * (geom.n_pixels * geom.pixel_mm / 2 - geom.pixel_mm / 2)
+    assert inner.sum() < geom.fov_mask.sum()
+    for seed in range(50):
+        ood = (None, "catheter")[seed % 2]
+        act = rasterize(random_phantom(np.random.default_rng(seed), "high", ood), grid)[0]
+        body = act.max(axis=2) > 0
+        assert not (body & ~geom.fov_mask).any(), seed
+        if ood is None:  # the catheter runs outside the body outline, the body itself within 0.9 x the radius
+            assert not (body & ~inner).any(), (seed, float(radius[body].max()))

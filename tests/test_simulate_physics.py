@@ -67,11 +67,23 @@ def _ensemble_cov(stack, mask):
 
 def test_counts_scale_with_duration(low):
     rates = low["rates"]
-    np.testing.assert_allclose(rates.expected_counts(600), 10 * rates.expected_counts(60), rtol=1e-6)
-    ratio = sum(c.sum() for c in low["c60"]) / sum(c.sum() for c in low["c600"])
+    rate_sum = float(rates.trues.sum(dtype=np.float64) + rates.background.sum(dtype=np.float64))  # counts / s
+    rng = np.random.default_rng(5)
+    direct60 = [draw_counts(rates, 60, rng) for _ in range(N_REAL)]
+
+    def total(frames):
+        return sum(float(c.sum(dtype=np.float64)) for c in frames)
+
+    # drawn Poisson totals match duration x the expected rates within 4 standard deviations (sd = sqrt(mean))
+    for frames, duration in ((low["c600"], 600), (direct60, 60), (low["c60"], 60)):
+        mean = N_REAL * duration * rate_sum
+        assert abs(total(frames) - mean) < 4 * np.sqrt(mean), (duration, total(frames), mean)
+    # 60 s thinned from 600 s has the mean of a direct 60 s draw (difference of two Poisson totals)
+    assert abs(total(low["c60"]) - total(direct60)) < 4 * np.sqrt(2 * N_REAL * 60 * rate_sum)
+    ratio = total(low["c60"]) / total(low["c600"])
     assert abs(ratio - 0.1) < 0.002
-    # a 60 s frame thinned from 600 s has the statistics of a direct 60 s draw (mean and Poisson variance)
-    direct = draw_counts(rates, 60, np.random.default_rng(5))
+    # ... and its Poisson statistics: same mean and variance over the bins as a direct 60 s draw
+    direct = direct60[0]
     assert abs(low["c60"][0].sum() / direct.sum() - 1) < 0.01
     assert abs(low["c60"][0].var() / direct.var() - 1) < 0.05
 
@@ -139,3 +151,33 @@ def test_roi_means_unbiased_at_600s(low, version, organ):
     assert roi.sum() > 50
     mean = low["images"][version][:N_REAL].mean(0)[roi].mean()
     assert abs(mean / low["truth"][roi].mean() - 1) < 0.03
+
+
+def test_osem_input_validation():
+    """Bad inputs are refused before iterating, with a message naming the array and its expected form."""
+    geom = Geometry(n_pixels=8, pixel_mm=10.0, n_angles=4, n_bins=8, bin_mm=10.0)
+    rows, nz = geom.n_rows, 2
+    ok = {"counts": np.ones((1, rows, nz)), "durations": [60.0], "attenuation": np.full((rows, nz), 0.5),
+          "background_rate": np.ones((rows, nz)), "sensitivity": 1e-3}  # fmt: skip
+
+    def run(**bad):
+        args = {**ok, **bad}
+        return osem(args["counts"], args["durations"], args["attenuation"], args["background_rate"],
+                    args["sensitivity"], geom, protocol("v1", 5.0, 1, 1))  # fmt: skip
+
+    assert run().shape == (1, 8, 8, nz)
+    for bad, match in (
+        ({"counts": np.ones((rows, nz))}, r"counts must be a 3-D array \(n_frames, 32, n_slices\)"),
+        ({"counts": np.ones((1, rows + 1, nz))}, r"counts must be a 3-D array"),
+        ({"counts": np.full((1, rows, nz), -1.0)}, "counts must be finite and non-negative"),
+        ({"counts": np.full((1, rows, nz), np.nan)}, "counts must be finite and non-negative"),
+        ({"attenuation": np.ones((rows, nz + 1))}, r"attenuation must be a \(32, 2\) array"),
+        ({"attenuation": np.full((rows, nz), 1.5)}, r"attenuation must be .* in \(0, 1\]"),
+        ({"attenuation": np.zeros((rows, nz))}, r"attenuation must be .* in \(0, 1\]"),
+        ({"background_rate": np.zeros((rows, nz))}, "background_rate must be .* > 0"),
+        ({"background_rate": np.full((rows, nz), np.inf)}, "background_rate must be .* > 0"),
+        ({"sensitivity": 0.0}, "sensitivity must be a finite number > 0"),
+        ({"durations": [0.0]}, "durations must be 1 positive"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            run(**bad)

@@ -4,6 +4,7 @@ Layout of a cohort folder ``OUT``::
 
     OUT/datalist.json                 MONAI-style datalist (paths relative to OUT), see docs/simulator.md
     OUT/cohort.json                   completion marker, written last: settings hash + every file of the cohort
+    OUT/.lock                         held (fcntl.flock, exclusive) by the process generating or checking OUT
     OUT/studies/<study>/study.json    per-study marker, written last for that study: study hash + its record(s)
     OUT/studies/<study>/{label,truth,mu}.nii.gz
     OUT/studies/<study>/<v1|v2>/<image>.nii.gz
@@ -11,17 +12,21 @@ Layout of a cohort folder ``OUT``::
 Every file is written atomically (:func:`monai_tgd.io.atomic_path`). A cohort whose ``cohort.json`` carries the
 current settings hash and whose files all exist is reused as is; otherwise the marker is removed first, studies
 whose ``study.json`` matches are reused, the others are simulated again, and the datalist and marker are rewritten.
+:func:`generate_cohort` holds an exclusive lock on ``OUT/.lock`` throughout, so concurrent callers on one folder
+(e.g. every rank under ``torchrun``) run one after the other: the first generates, the others reuse its cohort.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import tempfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -31,7 +36,7 @@ import numpy as np
 
 from monai_tgd.io import atomic_path
 
-from .acquisition import ScannerModel, draw_counts, expected_rates, split_counts, thin_counts
+from .acquisition import ScannerModel, _block_mean, draw_counts, expected_rates, split_counts, thin_counts
 from .osem import osem, protocol
 from .phantom import LABELS, Grid, PhantomSpec, label_names, place_lesions, random_phantom, rasterize
 from .projector import Geometry
@@ -49,7 +54,7 @@ __all__ = [
     "generate_cohort",
 ]
 
-SIMULATOR_VERSION = "1"
+SIMULATOR_VERSION = "2"
 """Bumped whenever a change alters the generated data; part of every settings hash."""
 REFERENCE_S = 600.0
 """Duration of the full (reference/target) acquisition in seconds."""
@@ -57,6 +62,8 @@ NOISE_LEVELS_S = (30, 45, 60, 90, 120, 180)
 """Training input durations in seconds, thinned from the 600 s counts (the paper's noise levels)."""
 OOD_INPUT_S = 120
 UNITS = "SUV-like: activity concentration relative to soft tissue (= 1); liver ~2.5, lung ~0.3"
+MU_UNITS = "1/cm"
+"""Units of the saved attenuation maps (``mu.nii.gz``); the simulator works in 1/mm internally."""
 
 
 @dataclass(frozen=True)
@@ -203,10 +210,8 @@ def simulate_study(plan: StudyPlan, profile: Profile, seed: int) -> dict:
     fine = grid.refined(sc.inplane_oversampling, sc.axial_oversampling)
     activity, mu, _ = rasterize(spec, fine)
     _, _, label = rasterize(spec, grid)
-    f, za = sc.inplane_oversampling, sc.axial_oversampling
-    n, nz = profile.matrix, profile.n_slices
-    truth = activity.reshape(n, f, n, f, nz, za).mean(axis=(1, 3, 5))
-    mu_map = mu.reshape(n, f, n, f, nz, za).mean(axis=(1, 3, 5))
+    factors = (sc.inplane_oversampling, sc.inplane_oversampling, sc.axial_oversampling)
+    truth, mu_map = _block_mean(activity, factors), _block_mean(mu, factors)
     rates = expected_rates(activity, mu, profile.geometry, sc)
     del activity, mu
     counts_600 = draw_counts(rates, REFERENCE_S, rng)
@@ -224,6 +229,8 @@ def simulate_study(plan: StudyPlan, profile: Profile, seed: int) -> dict:
 
 def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, description: str) -> None:
     img = nib.Nifti1Image(array, affine)
+    img.set_qform(affine, 1)  # code 1 (scanner anatomical) for both, as elsewhere in the project
+    img.set_sform(affine, 1)
     img.header.set_xyzt_units("mm", "sec")
     img.header["descrip"] = description[:79].encode()
     with atomic_path(path) as tmp:
@@ -235,7 +242,9 @@ def _write_study(plan: StudyPlan, profile: Profile, seed: int, root: Path) -> di
     sim = simulate_study(plan, profile, seed)
     spec: PhantomSpec = sim["spec"]
     folder = root / "studies" / plan.study
-    for stale in folder.rglob(".partial-*"):  # temporary files of an interrupted writer (see atomic_path)
+    # temporary files of an interrupted writer (see atomic_path); safe to delete: generate_cohort holds the folder
+    # lock, so no other process writes into this cohort now
+    for stale in folder.rglob(".partial-*"):
         stale.unlink()
     affine = profile.grid.affine()
     rel = lambda p: p.relative_to(root).as_posix()  # noqa: E731
@@ -329,6 +338,21 @@ def _check_writable(out: Path) -> None:
         raise PermissionError(f"cannot write the cohort to {str(out)!r}: {err}") from err
 
 
+@contextmanager
+def _folder_lock(root: Path, say: Callable[[str], None]) -> Iterator[None]:
+    """Hold an exclusive ``fcntl.flock`` on ``root/.lock`` (blocking; released on exit or if the process dies)."""
+    with open(root / ".lock", "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"waiting for another process generating the cohort in {root}")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _worker_init() -> None:
     """One torch thread per worker process: the workers already use every core."""
     import torch
@@ -358,6 +382,10 @@ def generate_cohort(
     Raises:
         ValueError: unknown profile name or negative seed.
         PermissionError: ``out`` cannot be created or written.
+
+    Concurrent calls on the same ``out`` (from any process, e.g. every rank under ``torchrun``) are safe: each
+    holds an exclusive lock on ``out/.lock`` for the whole call, so one generates and the others, once it is done,
+    find the completed cohort and reuse it.
     """
     if isinstance(profile, str):
         if profile not in PROFILES:
@@ -369,6 +397,13 @@ def generate_cohort(
     say = log or (lambda msg: None)
     root = Path(out)
     _check_writable(root)
+    with _folder_lock(root, say):  # the completion marker is checked only while holding the lock
+        return _generate_locked(root, profile, seed, workers, progress, say)
+
+
+def _generate_locked(root: Path, profile: Profile, seed: int, workers: int | None, progress: bool,
+                     say: Callable[[str], None]) -> Path:  # fmt: skip
+    """Body of :func:`generate_cohort`, run while holding the folder lock."""
     datalist_path, marker = root / "datalist.json", root / "cohort.json"
     digest = settings_hash(profile, seed)
     try:
@@ -422,6 +457,7 @@ def generate_cohort(
         "voxel_size_mm": [profile.pixel_mm, profile.pixel_mm, profile.slice_mm],
         "image_shape": list(profile.grid.shape),
         "units": UNITS,
+        "mu_units": MU_UNITS,
         "noise_levels_s": list(NOISE_LEVELS_S),
         "reference_duration_s": REFERENCE_S,
         "pretrain_v1": [],

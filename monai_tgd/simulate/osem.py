@@ -103,17 +103,35 @@ def osem(
     Returns:
         ``(n_frames, n_pixels, n_pixels, n_slices)`` float32 activity images in SUV-like units, zero outside the
         field-of-view circle.
+
+    Raises:
+        ValueError: before any iteration, naming the argument and its expected form, if ``counts`` is not a 3-D
+            ``(n_frames, n_rows, n_slices)`` array of finite non-negative values, ``durations`` are not positive,
+            ``attenuation`` is not ``(n_rows, n_slices)`` in (0, 1], ``background_rate`` is not ``(n_rows,
+            n_slices)`` and > 0, or ``sensitivity`` is not > 0.
     """
     counts = np.asarray(counts)
-    n_frames, n_rows, nz = counts.shape
+    n_rows = geometry.n_rows
+    if counts.ndim != 3 or counts.shape[1] != n_rows:
+        raise ValueError(f"counts must be a 3-D array (n_frames, {n_rows}, n_slices), got shape {counts.shape}.")
+    if not np.issubdtype(counts.dtype, np.number) or not np.isfinite(counts).all() or (counts < 0).any():
+        raise ValueError("counts must be finite and non-negative (measured counts per sinogram bin).")
+    n_frames, _, nz = counts.shape
     durations = np.asarray(durations, dtype=np.float64)
-    if durations.shape != (n_frames,) or not (durations > 0).all():
+    if durations.shape != (n_frames,) or not (np.isfinite(durations) & (durations > 0)).all():
         raise ValueError(f"durations must be {n_frames} positive values in seconds, got {durations.tolist()}.")
-    if n_rows != geometry.n_rows or attenuation.shape != (n_rows, nz) or background_rate.shape != (n_rows, nz):
-        raise ValueError(
-            f"counts {counts.shape}, attenuation {attenuation.shape} and background {background_rate.shape} must be "
-            f"(n_frames, {geometry.n_rows}, n_slices), ({geometry.n_rows}, n_slices), ({geometry.n_rows}, n_slices)."
-        )
+    attenuation, background_rate = np.asarray(attenuation), np.asarray(background_rate)
+    for name, arr, form in (("attenuation", attenuation, "factors in (0, 1]"),
+                            ("background_rate", background_rate, "finite rates > 0 (counts per second)")):
+        if arr.shape != (n_rows, nz):
+            raise ValueError(f"{name} must be a ({n_rows}, {nz}) array (n_rows, n_slices) of {form}, got shape "
+                             f"{arr.shape}.")
+    if not ((attenuation > 0) & (attenuation <= 1)).all():
+        raise ValueError(f"attenuation must be a ({n_rows}, {nz}) array of factors in (0, 1].")
+    if not (np.isfinite(background_rate) & (background_rate > 0)).all():
+        raise ValueError(f"background_rate must be a ({n_rows}, {nz}) array of finite rates > 0 (counts per second).")
+    if not (np.isfinite(sensitivity) and sensitivity > 0):
+        raise ValueError(f"sensitivity must be a finite number > 0, got {sensitivity!r}.")
     sm = system_matrix(geometry, recon.subsets)
     blur = gaussian_kernel(recon.resolution_fwhm_mm, geometry.bin_mm)
     n_bins = geometry.n_bins

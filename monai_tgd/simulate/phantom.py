@@ -16,7 +16,7 @@ attenuation coefficient at 511 keV in 1/mm (:data:`MU_PER_MM`).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage
@@ -30,6 +30,7 @@ __all__ = [
     "MU_PER_MM",
     "UPTAKE",
     "BMI_RANGES",
+    "BODY_MAX_RADIUS_MM",
     "random_phantom",
     "place_lesions",
     "rasterize",
@@ -71,6 +72,17 @@ UPTAKE = {
 
 BMI_RANGES = {"low": (18.5, 22.5), "high": (29.0, 36.0)}
 """BMI drawn uniformly per class (the paper's classes: low < 23, high > 28)."""
+
+BODY_SEMI_MM = (140.0, 95.0)
+"""Lean body semi-axes (x, y) in mm at BMI 21, before the per-study size jitter."""
+ABDOMEN_FAT_EXCESS = 0.3
+"""The fat layer is up to this fraction thicker over the abdomen than over the chest and pelvis."""
+BODY_EXPONENT = 2.6
+"""Exponent of the superellipse of the body outline."""
+BODY_MAX_RADIUS_MM = 215.0
+"""Largest in-plane distance of the body outline (fat included) from the FOV axis: every phantom fits inside 0.9 x
+the smallest reconstruction FOV radius of the built-in profiles (``tiny``: 243.75 mm). The BMI model stays below it;
+a body that would exceed it is scaled down (lean body and fat together)."""
 
 
 @dataclass(frozen=True)
@@ -138,10 +150,6 @@ class PhantomSpec:
     catheter_radius_mm: float = 2.5
     lesions: tuple[Lesion, ...] = field(default_factory=tuple)
 
-    def to_dict(self) -> dict:
-        """JSON-serialisable form (used to hash a study's settings)."""
-        return asdict(self)
-
 
 def random_phantom(rng: np.random.Generator, bmi_class: str, ood: str | None = None) -> PhantomSpec:
     """Draw a torso phantom (without lesions) from ``rng``.
@@ -160,14 +168,19 @@ def random_phantom(rng: np.random.Generator, bmi_class: str, ood: str | None = N
         return float(rng.uniform(lo, hi))
 
     bmi = u(*BMI_RANGES[bmi_class])
-    lean = 1.0 + 0.012 * (bmi - 21.0)  # lean body grows slowly with BMI, the fat layer fast
-    ax, ay = 150.0 * lean * u(0.94, 1.06), 100.0 * lean * u(0.94, 1.06)
-    fat = 3.0 * (bmi - 18.0) + u(2.0, 6.0)
+    lean = 1.0 + 0.006 * (bmi - 21.0)  # lean body grows slowly with BMI, the fat layer fast
+    ax, ay = BODY_SEMI_MM[0] * lean * u(0.94, 1.06), BODY_SEMI_MM[1] * lean * u(0.94, 1.06)
+    fat = 1.8 * (bmi - 18.0) + u(2.0, 5.0)
+    thickest = (1.0 + ABDOMEN_FAT_EXCESS) * fat
+    radius = _outline_radius(ax + thickest, ay + thickest)
+    if radius > BODY_MAX_RADIUS_MM:  # keep the body inside the reconstruction FOV (never reached by the BMI model)
+        s = BODY_MAX_RADIUS_MM / radius
+        ax, ay, fat = ax * s, ay * s, fat * s
     h = u(0.95, 1.03)  # axial scale of all landmarks
     j = lambda s: u(-s, s)  # noqa: E731  (jitter of a position in mm)
     r = lambda: u(0.9, 1.1)  # noqa: E731  (relative size jitter)
     ellipsoids = {  # (cx, cy, cz, ax, ay, az); the liver and the right lung/kidney are at +x (patient's right)
-        "liver": (0.35 * ax + j(8), 0.05 * ay + j(5), 50 * h + j(10), 95 * r(), 0.8 * ay * r(), 85 * r()),
+        "liver": (0.35 * ax + j(8), 0.05 * ay + j(5), 50 * h + j(10), 0.63 * ax * r(), 0.8 * ay * r(), 85 * r()),
         "lung_r": (0.5 * ax + j(5), 0.0 + j(5), 175 * h + j(8), 0.38 * ax * r(), 0.78 * ay, 160 * h * r()),
         "lung_l": (-0.5 * ax + j(5), 0.0 + j(5), 180 * h + j(8), 0.36 * ax * r(), 0.78 * ay, 150 * h * r()),
         "heart": (-0.2 * ax + j(5), 0.35 * ay + j(4), 105 * h + j(8), 52 * r(), 42 * r(), 52 * r()),
@@ -209,15 +222,16 @@ def random_phantom(rng: np.random.Generator, bmi_class: str, ood: str | None = N
     )
 
 
-def _superellipse(x: np.ndarray, y: np.ndarray, ax: np.ndarray, ay: np.ndarray, p: float = 2.6) -> np.ndarray:
+def _superellipse(x: np.ndarray, y: np.ndarray, ax: np.ndarray, ay: np.ndarray) -> np.ndarray:
+    p = BODY_EXPONENT
     return np.abs(x / ax) ** p + np.abs(y / ay) ** p <= 1.0
 
 
-def _ellipsoid(x, y, z, e: tuple[float, ...]) -> tuple[np.ndarray, ...]:
-    """Normalised coordinates of the points in the ellipsoid ``e`` and their squared radius (broadcast)."""
-    cx, cy, cz, ax, ay, az = e
-    u, v, w = (x - cx) / ax, (y - cy) / ay, (z - cz) / az
-    return u, v, w, u * u + v * v + w * w
+def _outline_radius(ax: float, ay: float) -> float:
+    """Largest distance from the centre of the body superellipse of semi-axes ``ax``, ``ay`` (mm)."""
+    t = np.linspace(0.0, np.pi / 2, 1025)
+    e = 2.0 / BODY_EXPONENT
+    return float(np.hypot(ax * np.cos(t) ** e, ay * np.sin(t) ** e).max())
 
 
 def _segment_distance(points: tuple[np.ndarray, ...], a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -260,8 +274,8 @@ def rasterize(spec: PhantomSpec, grid: Grid) -> tuple[np.ndarray, np.ndarray, np
 
     everywhere, (x, y, z) = region((-np.inf,) * 3, (np.inf,) * 3)
     ax, ay = spec.body_semi
-    # fat is ~40 % thicker over the abdomen (z around -75 mm) than over the chest and pelvis
-    fat = spec.fat_mm * (1.0 + 0.4 * np.exp(-(((z + 75.0) / (125.0 * spec.z_scale)) ** 4)))
+    # fat is ~30 % thicker over the abdomen (z around -75 mm) than over the chest and pelvis
+    fat = spec.fat_mm * (1.0 + ABDOMEN_FAT_EXCESS * np.exp(-(((z + 75.0) / (125.0 * spec.z_scale)) ** 4)))
     paint(everywhere, _superellipse(x, y, ax + fat, ay + fat), LABELS["body"], up["fat"], MU_PER_MM["fat"])
     paint(everywhere, _superellipse(x, y, ax, ay), LABELS["body"], up["soft_tissue"], MU_PER_MM["water"])
     sx, sy, sr = spec.spine
