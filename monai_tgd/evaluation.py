@@ -497,7 +497,7 @@ def evaluate_networks(
             out / "evaluation.json",
             {
                 "description": "Ensemble lesion bias and liver CoV over the R noise realisations of each test study "
-                "(paper Table 1); see docs/bundle_workflows_evaluate.md",
+                "(paper Table 1); see the bundle docs/evaluate_kse_sweep.md",
                 "units": {
                     "bias": "percent of the reference ROI mean",
                     "cov": "percent",

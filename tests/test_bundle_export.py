@@ -2,7 +2,7 @@
 
 These call the functions behind ``python -m monai.bundle verify_net_in_out network_def ...`` and
 ``python -m monai.bundle ckpt_export network_def ...`` in-process (the CLI only dispatches to them through fire);
-the CLI commands themselves are listed, and were run by hand, in docs/bundle_workflows_ddp_export.md.
+the CLI commands themselves are listed, and were run by hand, in bundles/pet_tgd_denoising/docs/ddp_export_tracking.md.
 """
 
 from __future__ import annotations
