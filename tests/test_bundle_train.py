@@ -78,3 +78,9 @@ def test_bad_datalist_fails_before_training(run_bundle, tmp_path):
         causes.append(str(e))
         e = e.__cause__
     assert any("study s0, field 'target': file" in c and "missing.nii.gz not found" in c for c in causes), causes
+
+
+def test_train_v2_from_scratch_on_the_v2_reconstructions(run_bundle, tmp_path):
+    run_bundle("train_v2", epochs=1)
+    assert load(tmp_path / "models" / "model_v2.pt") is not None
+    assert not (tmp_path / "runs" / "v2" / "tgd_masks.pt").exists()  # a plain training run

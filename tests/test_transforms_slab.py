@@ -155,3 +155,12 @@ def test_after_load_imaged(tmp_path):
     assert out[2]["image"].shape == (3, 4, 5) and out[2]["image"].meta["filename_or_obj"].endswith("vol.nii.gz")
     assert out[2]["image"].affine.shape == (3, 3)
     np.testing.assert_array_equal(out[2]["image"][1].numpy(), arr[:, :, 2])
+
+
+def test_missing_weight_key_is_named():
+    import torch
+
+    from monai_tgd.transforms import RandSlab25Dd
+
+    with pytest.raises(KeyError, match=r"weight_key 'label' is not in the data \(keys: \['image'\]\)"):
+        RandSlab25Dd(keys="image", weight_key="label")({"image": torch.rand(1, 8, 8, 4)})

@@ -2,7 +2,7 @@
 
 Plain functions take one study, ``image`` and ``reference`` of the same shape (e.g. ``[H, W, D]`` or
 ``[1, H, W, D]``) and a boolean ``roi`` of that shape; they accept numpy arrays or torch tensors, compute in float64
-(SSIM in float32, as MONAI does) and return a Python float. RMSE and MAE are in the units of the images (e.g.
+(SSIM too, through MONAI's ``SSIMMetric``) and return a Python float. RMSE and MAE are in the units of the images (e.g.
 Bq/mL or SUV); PSNR is in dB; SSIM is unitless.
 
 The ``Cumulative`` classes aggregate these per-study values over an evaluation (``aggregate()``, ``reset()``) and

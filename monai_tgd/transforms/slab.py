@@ -336,6 +336,8 @@ class RandSlab25Dd(Randomizable, MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Image]) -> list[dict[Hashable, Image]]:
         keys = list(self.key_iterator(data))
+        if self.weight_key is not None and self.weight_key not in data:
+            raise KeyError(f"RandSlab25Dd: weight_key {self.weight_key!r} is not in the data (keys: {list(data)}).")
         spatial_shape = _common_spatial_shape(data, keys + ([self.weight_key] if self.weight_key is not None else []))
         if spatial_shape is None:
             return [deepcopy(dict(data)) for _ in range(self.num_samples)]
