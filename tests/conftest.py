@@ -53,3 +53,32 @@ def run_bundle(tiny_cohort, tmp_path):
         )
 
     return _run
+
+
+def load_tiny_model(path):
+    """A checkpoint written with ``TINY_OVERRIDES`` sizes, loaded strictly into a plain DnCNN (no TGD traces, no
+    ``module.`` prefix)."""
+    import torch
+
+    from monai_tgd.networks import DnCNN
+
+    net = DnCNN(features=TINY_OVERRIDES["features"], num_layers=TINY_OVERRIDES["num_layers"])
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return net
+
+
+def assert_tgd_kept_frozen(base: dict, tuned: dict, masks: dict) -> None:
+    """The TGD guarantee on state dicts: frozen rows of every masked conv and its BN are bit-identical to ``base``,
+    some retrained row moved, and the output conv is unchanged."""
+    import torch
+
+    changed = 0
+    for name, retrain in masks.items():
+        norm = name.replace("conv", "norm")
+        for key in (f"{name}.weight", f"{name}.bias", f"{norm}.weight", f"{norm}.bias"):
+            if key in base:
+                assert torch.equal(tuned[key][~retrain], base[key][~retrain]), f"frozen rows of {key} changed"
+                changed += int(not torch.equal(tuned[key][retrain], base[key][retrain]))
+    assert changed > 0, "no retrained channel moved"
+    out = f"blocks.{TINY_OVERRIDES['num_layers'] - 1}.conv"
+    assert all(torch.equal(tuned[f"{out}.{p}"], base[f"{out}.{p}"]) for p in ("weight", "bias")), "output conv changed"
