@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["PATH_FIELDS", "ensure_datalist", "load_datalist", "n2n_pairs"]
+__all__ = ["PATH_FIELDS", "ensure_datalist", "load_datalist", "n2n_pairs", "holdout_slices"]
 
 
 def ensure_datalist(
@@ -84,7 +84,7 @@ def load_datalist(
         record = {k: _resolve(v, base) if _is_path_field(k, required) else v for k, v in record.items()}
         name = record.get("study", f"#{i}")
         for field in required:
-            if field not in record:
+            if record.get(field) is None:
                 raise ValueError(f"datalist {path}, section '{section}', study {name}: missing field '{field}'.")
             value = record[field]
             for f in value if isinstance(value, list) else [value]:
@@ -101,3 +101,11 @@ def n2n_pairs(record: dict, halves_key: str = "halves", input_key: str = "image"
     first, second = record[halves_key]
     common = {k: v for k, v in record.items() if k != halves_key}
     return [{**common, input_key: first, target_key: second}, {**common, input_key: second, target_key: first}]
+
+
+def holdout_slices(every: int) -> slice:
+    """Every ``every``-th slice, starting at ``every // 2``: a held-out subset spread over the whole volume (e.g. for
+    the online N2N loss), so training never centres a sample on it."""
+    if isinstance(every, bool) or not isinstance(every, int) or every < 2:
+        raise ValueError(f"holdout_slices: every must be an integer >= 2 (every n-th slice is held out), got {every!r}.")
+    return slice(every // 2, None, every)

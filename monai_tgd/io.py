@@ -17,7 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from monai.data import NibabelWriter
-from monai.utils import convert_data_type
+from monai.utils import convert_data_type, get_equivalent_dtype
 
 __all__ = ["atomic_path", "AtomicNibabelWriter"]
 
@@ -89,6 +89,9 @@ class AtomicNibabelWriter(NibabelWriter):
             header[key] = value
         if "xyzt_units" not in fields:
             header.set_xyzt_units("mm", "sec")
+        # a given header's data type wins over the array's in nibabel: keep the requested output dtype
+        dtype = self.output_dtype if self.output_dtype is not None else self.data_obj.dtype
+        header.set_data_dtype(get_equivalent_dtype(dtype, np.ndarray))
         with atomic_path(filename) as tmp:
             super().write(tmp, verbose=False, header=header, **obj_kwargs)
         if verbose:

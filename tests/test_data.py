@@ -62,3 +62,19 @@ def test_n2n_pairs_swap_the_halves():
     pairs = n2n_pairs({"study": "x", "halves": ["a", "b"]})
     assert [(p["image"], p["target"]) for p in pairs] == [("a", "b"), ("b", "a")]
     assert all(p["study"] == "x" and "halves" not in p for p in pairs)
+
+
+def test_holdout_slices():
+    from monai_tgd.data import holdout_slices
+
+    assert list(range(14))[holdout_slices(5)] == [2, 7, 12]
+    for bad in (1, 0, 2.5, True):
+        with pytest.raises(ValueError, match="every must be an integer >= 2"):
+            holdout_slices(bad)
+
+
+def test_null_required_field_is_reported_as_missing(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps({"test": [{"study": "s", "reference": None}]}))
+    with pytest.raises(ValueError, match="study s: missing field 'reference'"):
+        load_datalist(path, "test", ["reference"])

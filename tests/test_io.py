@@ -27,3 +27,18 @@ def test_failure_leaves_nothing_and_keeps_the_old_file(tmp_path):
             tmp.write_text("half")
             raise RuntimeError("interrupted")
     assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+
+
+def test_atomic_nibabel_writer_keeps_the_requested_dtype(tmp_path):
+    import nibabel as nib
+    import numpy as np
+    import torch
+    from monai.transforms import SaveImage
+
+    from monai_tgd.io import AtomicNibabelWriter
+
+    for dtype in (np.uint8, np.float64):
+        save = SaveImage(output_dir=tmp_path, output_postfix=np.dtype(dtype).name, output_dtype=dtype,
+                         writer=AtomicNibabelWriter, separate_folder=False, print_log=False)  # fmt: skip
+        save(torch.arange(24, dtype=torch.float32).reshape(1, 2, 3, 4), meta_data={"filename_or_obj": "img.nii.gz"})
+        assert nib.load(tmp_path / f"img_{np.dtype(dtype).name}.nii.gz").get_data_dtype() == dtype
