@@ -34,7 +34,7 @@ from torch import nn
 
 from monai_tgd.io import atomic_path
 from monai_tgd.kse import kse_scores
-from monai_tgd.metrics import ensemble_bias, ensemble_cov
+from monai_tgd.metrics import ensemble_bias, ensemble_cov, roi_bias, roi_cov, roi_mae, roi_rmse
 from monai_tgd.tgd import conv_chain, drop_redundant, kse_masks
 
 __all__ = [
@@ -52,6 +52,9 @@ __all__ = [
     "LIVER_LABEL",
     "EVALUATION_COLUMNS",
     "LESION_COLUMNS",
+    "evaluate_ood",
+    "ood_markdown",
+    "OOD_COLUMNS",
     "KSE_COLUMNS",
 ]
 
@@ -72,6 +75,7 @@ EVALUATION_COLUMNS = [
     "liver_cov_pct",
     "liver_voxels",
     "liver_erosion",
+    "evaluated_slices",
     "rmse_body_ref",
     "rmse_body_truth",
     "seconds",
@@ -89,6 +93,22 @@ LESION_COLUMNS = [
     "voxels",
     "bias_ref_pct",
     "bias_truth_pct",
+]
+
+#: columns of ``evaluation_ood.csv`` (one row per out-of-distribution study, recon and network, the input included)
+OOD_COLUMNS = [
+    "study",
+    "recon",
+    "ood_feature",
+    "network",
+    "checkpoint",
+    "ood_voxels",
+    "ood_rmse_ref",
+    "ood_mae_ref",
+    "ood_bias_ref_pct",
+    "liver_pixel_cov_pct",
+    "rmse_body_ref",
+    "seconds",
 ]
 
 #: columns of ``kse_sweep.csv`` (one row per threshold)
@@ -236,6 +256,14 @@ def denoise(
 # regions
 
 
+def _in_plane(ndim: int, axial_axis: int) -> np.ndarray:
+    """3x3 structuring element in the plane perpendicular to ``axial_axis`` (size 1 along it): erosion and dilation
+    with it never cross slices."""
+    shape = [3] * ndim
+    shape[axial_axis] = 1
+    return np.ones(shape, dtype=bool)
+
+
 def liver_roi(label: np.ndarray, erosion: int = 1, axial_axis: int = -1) -> tuple[np.ndarray, int]:
     """Liver mask (label 2) eroded by ``erosion`` voxels in-plane (not along ``axial_axis``).
 
@@ -244,11 +272,7 @@ def liver_roi(label: np.ndarray, erosion: int = 1, axial_axis: int = -1) -> tupl
     """
     liver = np.asarray(label) == LIVER_LABEL
     if erosion > 0 and liver.any():
-        structure = np.ones((3,) * liver.ndim, dtype=bool)
-        index = [slice(None)] * liver.ndim
-        index[axial_axis] = slice(0, 1)  # a single plane along the axial axis: in-plane erosion only
-        structure = np.ascontiguousarray(structure[tuple(index)])
-        eroded = ndimage.binary_erosion(liver, structure=structure, iterations=erosion)
+        eroded = ndimage.binary_erosion(liver, structure=_in_plane(liver.ndim, axial_axis), iterations=erosion)
         if eroded.any():
             return eroded, erosion
     return liver, 0
@@ -300,14 +324,22 @@ def _check_record(record: Mapping, index: int) -> None:
             raise ValueError(f"study {name}: lesions[{i}] has no 'label' (got {lesion!r}).")
 
 
+def _roi_slices(roi: np.ndarray, axial_axis: int, halo: int) -> tuple[np.ndarray, slice]:
+    """Slices to denoise for the metrics in ``roi``: from ``halo`` before its first slice along ``axial_axis`` to
+    ``halo`` after its last (the 2.5D input of every ROI slice is then that of the whole volume), and the part of
+    them that holds the ROI (where the metrics are taken; the halo's own outputs see a clipped border)."""
+    axis = axial_axis % roi.ndim
+    occupied = np.flatnonzero(roi.any(axis=tuple(a for a in range(roi.ndim) if a != axis)))
+    if occupied.size == 0:
+        return np.arange(roi.shape[axis]), slice(None)
+    first, last = int(occupied[0]), int(occupied[-1])
+    keep = np.arange(max(first - halo, 0), min(last + halo + 1, roi.shape[axis]))
+    return keep, slice(first - int(keep[0]), last - int(keep[0]) + 1)
+
+
 def _nan_mean(values: Sequence[float]) -> float:
     finite = [v for v in values if math.isfinite(v)]
     return float(np.mean(finite)) if finite else float("nan")
-
-
-def _rmse(image: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> float:
-    d = image[mask].astype(np.float64) - reference[mask].astype(np.float64)
-    return float(np.sqrt(np.mean(d**2)))
 
 
 def _study_metrics(
@@ -344,8 +376,8 @@ def _study_metrics(
         "liver_lesion_bias_ref_pct": _nan_mean([p["bias_ref_pct"] for p in in_liver]),
         "liver_lesion_bias_truth_pct": _nan_mean([p["bias_truth_pct"] for p in in_liver]),
         "liver_cov_pct": ensemble_cov(images, liver) if liver.any() else float("nan"),
-        "rmse_body_ref": _rmse(mean_image, reference, body),
-        "rmse_body_truth": _rmse(mean_image, truth, body) if truth is not None else float("nan"),
+        "rmse_body_ref": roi_rmse(mean_image, reference, body),
+        "rmse_body_truth": roi_rmse(mean_image, truth, body) if truth is not None else float("nan"),
     }
     return summary, per_lesion
 
@@ -390,6 +422,7 @@ def evaluate_networks(
     liver_erosion: int = 1,
     axial_axis: int = -1,
     include_input: bool = True,
+    roi_slices_only: bool = False,
     log: Callable[[str], Any] | None = print,
 ) -> list[dict]:
     """Ensemble lesion bias, liver CoV and body RMSE of every network on every test study (paper Table 1).
@@ -420,6 +453,10 @@ def evaluate_networks(
         liver_erosion: in-plane erosion of the liver ROI, in voxels.
         axial_axis: spatial axis across slices (the inferer's slab axis); erosion is perpendicular to it.
         include_input: add the rows of the un-denoised realisations.
+        roi_slices_only: evaluate only the slices from the first to the last one holding a liver or lesion voxel
+            (denoised with ``inferer.slab // 2`` neighbours on each side, so their 2.5D input is the same as in the
+            whole volume): lesion bias and liver CoV are unchanged, inference is several times faster, and the body
+            RMSE is then over those slices only (``evaluated_slices`` column).
         log: progress messages (None: silent).
 
     Raises:
@@ -440,6 +477,11 @@ def evaluate_networks(
             raise ValueError(
                 f"evaluate_networks: '{input_name}' is reserved for the un-denoised input; rename that network."
             )
+    if roi_slices_only and not isinstance(getattr(inferer, "slab", None), int):
+        raise ValueError(
+            "evaluate_networks: roi_slices_only needs an inferer with an integer 'slab' (the slices each output "
+            f"slice sees, e.g. Slab25DInferer), got {type(inferer).__name__}."
+        )
     for i, record in enumerate(records):
         _check_record(record, i)
 
@@ -455,6 +497,13 @@ def evaluate_networks(
         if not body.any():
             raise ValueError(f"study {study}: the label map has no body voxel (label > 0).")
         lesions = record.get("lesions") or []
+        inner = (slice(None),) * label.ndim  # the evaluated part of what is denoised
+        if roi_slices_only:
+            keep, roi_part = _roi_slices(liver | (label >= 10), axial_axis, inferer.slab // 2)
+            realizations = np.take(realizations, keep, axis=1 + axial_axis % label.ndim)  # [R, *spatial]
+            inner = tuple(roi_part if a == axial_axis % label.ndim else slice(None) for a in range(label.ndim))
+            reference, label, liver, body = (np.take(a, keep, axis=axial_axis)[inner] for a in (reference, label, liver, body))
+            truth = None if truth is None else np.take(truth, keep, axis=axial_axis)[inner]
         common = {
             "study": study,
             "recon": recon,
@@ -462,12 +511,15 @@ def evaluate_networks(
             "realizations": int(realizations.shape[0]),
             "liver_voxels": int(liver.sum()),
             "liver_erosion": erosion,
+            "evaluated_slices": int(label.shape[axial_axis]),
         }
         ensembles: list[tuple[str, str, Callable[[], np.ndarray]]] = []
         if include_input:
-            ensembles.append((input_name, "", lambda: realizations))
+            ensembles.append((input_name, "", lambda: realizations[(slice(None), *inner)]))
         for name, net in models.items():
-            ensembles.append((name, sources[name], lambda net=net: denoise(net, realizations, inferer, device).numpy()))
+            ensembles.append(
+                (name, sources[name], lambda net=net: denoise(net, realizations, inferer, device).numpy()[(slice(None), *inner)])
+            )
         for name, source, produce in ensembles:
             start = time.perf_counter()
             images = produce()
@@ -586,6 +638,141 @@ def evaluation_markdown(rows: Sequence[Mapping]) -> str:
                     f"| {lesion['lesion_label']} | {lesion['organ']} | {_fmt(lesion['diameter_mm'], 1)} | "
                     f"{lesion['voxels']} | " + " | ".join(cells) + " |"
                 )
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_ood(
+    networks: Mapping[str, nn.Module | str | os.PathLike],
+    records: Sequence[Mapping],
+    inferer: Callable,
+    device: torch.device | str | None = None,
+    output_dir: str | os.PathLike | None = None,
+    network_def: nn.Module | Callable[[], nn.Module] | None = None,
+    input_key: str = "input_120s",
+    studies: Sequence[str] | None = None,
+    ood_dilation: int = 1,
+    liver_erosion: int = 1,
+    axial_axis: int = -1,
+    include_input: bool = True,
+    log: Callable[[str], Any] | None = print,
+) -> list[dict]:
+    """Hallucination and retained denoising on out-of-distribution studies (paper Fig. 6).
+
+    Each record's ``input_key`` image (the 120 s study whose two 60 s halves are what online N2N learns from) is
+    denoised by every network, then compared with the record's 600 s ``reference``:
+
+    * ``ood_rmse_ref`` / ``ood_mae_ref`` (image units) and ``ood_bias_ref_pct`` (percent of the reference ROI mean)
+      inside the out-of-distribution ROI: the voxels labelled ``record["ood_label"]`` (the irregular bladder or the
+      catheter), dilated in-plane by ``ood_dilation`` voxels so artefacts at its rim count. A network that
+      hallucinates (paints the structure it never saw as something else) has a large error there. NaN when no
+      voxel carries the label (a structure thinner than a voxel).
+    * ``liver_pixel_cov_pct``: :func:`monai_tgd.metrics.roi_cov` (ddof 1, percent) in the liver eroded by
+      ``liver_erosion`` (:func:`liver_roi`): the noise left in one image, since an online study has one realisation;
+      NaN without a liver.
+    * ``rmse_body_ref``: RMSE against the reference over the body (label > 0).
+
+    ``studies``: evaluate only the records of these study ids (an unknown id raises); None: all.
+
+    Rows (fields of :data:`OOD_COLUMNS`) come per (record, network), the un-denoised input first (network
+    ``"input (120 s)"`` for ``input_120s``). ``output_dir``
+    gets ``evaluation_ood.csv`` and ``evaluation_ood.json``. All inputs are checked before any inference.
+    """
+    say = log or (lambda _msg: None)
+    if studies is not None:
+        unknown = sorted(set(studies) - {r.get("study") for r in records})
+        if unknown:
+            raise ValueError(f"evaluate_ood: studies {unknown} not among {[r.get('study') for r in records]}.")
+        records = [r for r in records if r.get("study") in set(studies)]
+    if not records:
+        raise ValueError("evaluate_ood: no out-of-distribution records to evaluate.")
+    models = load_networks(networks, network_def, device)
+    duration = input_key.rsplit("_", 1)[-1].removesuffix("s")  # "input_120s" -> "120"
+    input_name = f"input ({duration} s)" if duration.isdigit() else f"input ({input_key})"
+    if include_input and input_name in models:
+        raise ValueError(f"evaluate_ood: '{input_name}' is reserved for the un-denoised input; rename that network.")
+    for i, record in enumerate(records):
+        name = record.get("study", f"#{i}")
+        for field in (input_key, "reference", "label", "ood_label"):
+            if field not in record:
+                raise ValueError(f"study {name}: missing field '{field}' (out-of-distribution records need it).")
+        shapes = {f: _image_shape(str(record[f]), f"study {name}, field '{f}'") for f in (input_key, "reference", "label")}
+        if len(set(shapes.values())) > 1:
+            raise ValueError(f"study {name}: images of different shapes: {shapes}.")
+        if isinstance(record["ood_label"], bool) or not isinstance(record["ood_label"], int):
+            raise ValueError(f"study {name}: 'ood_label' must be an integer label value, got {record['ood_label']!r}.")
+
+    rows: list[dict] = []
+    for record in records:
+        study = record.get("study", "")
+        image = _load_image(str(record[input_key]))
+        reference = _load_image(str(record["reference"]))
+        label = np.rint(_load_image(str(record["label"]))).astype(np.int64)
+        ood = label == int(record["ood_label"])
+        if ood_dilation > 0 and ood.any():
+            ood = ndimage.binary_dilation(ood, structure=_in_plane(ood.ndim, axial_axis), iterations=ood_dilation)
+        if not ood.any():  # a structure thinner than a voxel (e.g. the catheter of a coarse test cohort)
+            say(f"evaluate_ood: {study}: no voxel has the out-of-distribution label {record['ood_label']}; "
+                "its ROI metrics are NaN.")
+        elif reference[ood].mean() == 0:
+            say(f"evaluate_ood: {study}: the reference is 0 in the out-of-distribution ROI; its bias is NaN.")
+        liver, _ = liver_roi(label, liver_erosion, axial_axis)
+        body = label > 0
+        candidates: list[tuple[str, str, Callable[[], np.ndarray]]] = []
+        if include_input:
+            candidates.append((input_name, "", lambda: image))
+        for name, net in models.items():
+            candidates.append((name, _source(networks[name]), lambda net=net: denoise(net, image, inferer, device).numpy()))
+        for name, source, produce in candidates:
+            start = time.perf_counter()
+            out = produce()
+            row = {
+                "study": study,
+                "recon": record.get("recon", ""),
+                "ood_feature": record.get("ood_feature", ""),
+                "network": name,
+                "baseline": not source,
+                "checkpoint": source,
+                "ood_voxels": int(ood.sum()),
+                "ood_rmse_ref": roi_rmse(out, reference, ood) if ood.any() else float("nan"),
+                "ood_mae_ref": roi_mae(out, reference, ood) if ood.any() else float("nan"),
+                "ood_bias_ref_pct": roi_bias(out, reference, ood) if ood.any() and reference[ood].mean() != 0
+                else float("nan"),
+                "liver_pixel_cov_pct": roi_cov(out, liver) if liver.sum() > 1 else float("nan"),
+                "rmse_body_ref": roi_rmse(out, reference, body),
+                "seconds": round(time.perf_counter() - start, 3),
+            }
+            rows.append(row)
+            say(
+                f"evaluate_ood: {study} {name}: OOD-ROI RMSE {row['ood_rmse_ref']:.4f}, bias {row['ood_bias_ref_pct']:.2f} %, "
+                f"liver pixel CoV {row['liver_pixel_cov_pct']:.2f} %"
+            )
+    if output_dir is not None:
+        out_dir = Path(output_dir)
+        _write_csv(out_dir / "evaluation_ood.csv", rows, OOD_COLUMNS)
+        _write_json(
+            out_dir / "evaluation_ood.json",
+            {
+                "description": "Error inside the out-of-distribution ROI against the 600 s reference and liver pixel "
+                "CoV of the denoised input (paper Fig. 6)",
+                "input": input_key,
+                "ood_dilation_voxels": ood_dilation,
+                "rows": rows,
+            },
+        )
+    return rows
+
+
+def ood_markdown(rows: Sequence[Mapping]) -> str:
+    """Markdown table of :func:`evaluate_ood` rows, one line per (study, network)."""
+    lines = [
+        "| study | feature | network | OOD-ROI RMSE vs 600 s (SUV) | OOD-ROI MAE (SUV) | OOD-ROI bias (%) | liver pixel CoV (%) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['study']} | {r.get('ood_feature', '')} | {r['network']} | {_fmt(r['ood_rmse_ref'], 4)} | "
+            f"{_fmt(r['ood_mae_ref'], 4)} | {_fmt(r['ood_bias_ref_pct'])} | {_fmt(r['liver_pixel_cov_pct'])} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -3,14 +3,16 @@
 * :func:`atomic_path`: a temporary path renamed onto the final one only if the writing block succeeds.
 * :class:`AtomicNibabelWriter`: MONAI's ``NibabelWriter`` writing through :func:`atomic_path`, for
   ``SaveImage(d)(..., writer=AtomicNibabelWriter)``; it also carries the input's NIfTI units and timing fields.
+* :func:`folder_lock`: one writer at a time in a folder (the cohort generator, the reproduction study).
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,7 +21,26 @@ import numpy as np
 from monai.data import NibabelWriter
 from monai.utils import convert_data_type, get_equivalent_dtype
 
-__all__ = ["atomic_path", "AtomicNibabelWriter"]
+__all__ = ["atomic_path", "folder_lock", "AtomicNibabelWriter"]
+
+
+@contextmanager
+def folder_lock(root: str | os.PathLike, on_busy: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive ``fcntl.flock`` on ``root/.lock`` for the block (released on exit or if the process dies).
+
+    If another process holds it, ``on_busy()`` is called first: it may raise to give up, or return to wait for it.
+    """
+    with open(Path(root) / ".lock", "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_busy is not None:
+                on_busy()
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @contextmanager

@@ -240,11 +240,12 @@ class TGD:
     non-zero kernels). With Adam, retrained kernels of near-dead channels can then grow until those ignored paths
     raise the loss; ``mode="parameter"`` follows the true gradient restricted to the retrained parameters.
 
-    BN running statistics update in training mode whatever the gradients. ``bn_stats="update"`` (default) lets all
-    channels' running mean/var follow the new data (a frozen channel's input distribution shifts once upstream
-    channels are retrained); ``bn_stats="freeze"`` restores the frozen channels' running mean/var after every
+    BN running statistics update in training mode whatever the gradients. ``bn_stats="freeze"`` (default; the paper
+    masks BN's gamma, beta and sigma^2 with the kernels) restores the frozen channels' running mean/var after every
     optimizer step too (done there because autograd saves them during forward/backward), so the frozen channels'
-    eval-mode behaviour is exactly that of the original network for the same input.
+    eval-mode behaviour is exactly that of the original network for the same input; ``bn_stats="update"`` lets all
+    channels' running mean/var follow the new data (a frozen channel's input distribution shifts once upstream
+    channels are retrained).
 
     Args:
         network: the network (a ``DistributedDataParallel``/``DataParallel`` wrapper is unwrapped). Install TGD after
@@ -261,7 +262,7 @@ class TGD:
         masks: dict[str, torch.Tensor],
         mode: str = "activation",
         freeze_output: bool = True,
-        bn_stats: str = "update",
+        bn_stats: str = "freeze",
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"TGD: mode must be one of {MODES}, got {mode!r}.")

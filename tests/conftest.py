@@ -68,14 +68,16 @@ def load_tiny_model(path):
 
 
 def assert_tgd_kept_frozen(base: dict, tuned: dict, masks: dict) -> None:
-    """The TGD guarantee on state dicts: frozen rows of every masked conv and its BN are bit-identical to ``base``,
-    some retrained row moved, and the output conv is unchanged."""
+    """The TGD guarantee on state dicts (the bundle's default ``tgd_bn_stats="freeze"``): frozen rows of every masked
+    conv and its BN, BN running statistics included, are bit-identical to ``base``, some retrained row moved, and the
+    output conv is unchanged."""
     import torch
 
     changed = 0
     for name, retrain in masks.items():
         norm = name.replace("conv", "norm")
-        for key in (f"{name}.weight", f"{name}.bias", f"{norm}.weight", f"{norm}.bias"):
+        for key in (f"{name}.weight", f"{name}.bias", f"{norm}.weight", f"{norm}.bias", f"{norm}.running_mean",
+                    f"{norm}.running_var"):  # fmt: skip
             if key in base:
                 assert torch.equal(tuned[key][~retrain], base[key][~retrain]), f"frozen rows of {key} changed"
                 changed += int(not torch.equal(tuned[key][retrain], base[key][retrain]))

@@ -31,15 +31,16 @@ def naive_loop(x, net, slab, axis):
 
 @pytest.mark.parametrize("axis", [-1, 0, 1])
 @pytest.mark.parametrize("sw_batch_size", [1, 4, 100])
-def test_bitwise_equal_to_per_slice_loop_float64(axis, sw_batch_size):
-    # float64: CPU convolutions give bitwise-identical results whatever the batch size, so equality is exact.
+def test_equal_to_per_slice_loop_float64(axis, sw_batch_size):
+    # float64: a wrong slab or slice order errs by O(1); the CPU conv kernels chosen for another batch size may only
+    # round differently (seen: 1e-17), so the comparison allows float64 rounding and nothing more.
     x = torch.rand(2, 1, 9, 10, 7, dtype=torch.float64)
     net = small_net()
     with torch.no_grad():
         got = Slab25DInferer(axis=axis, sw_batch_size=sw_batch_size)(x, net)
         expected = naive_loop(x, net, 3, axis)
     assert got.shape == x.shape and got.dtype == torch.float64
-    assert torch.equal(got, expected)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-14)
 
 
 def test_float32_matches_loop_to_rounding():

@@ -42,3 +42,22 @@ def test_atomic_nibabel_writer_keeps_the_requested_dtype(tmp_path):
                          writer=AtomicNibabelWriter, separate_folder=False, print_log=False)  # fmt: skip
         save(torch.arange(24, dtype=torch.float32).reshape(1, 2, 3, 4), meta_data={"filename_or_obj": "img.nii.gz"})
         assert nib.load(tmp_path / f"img_{np.dtype(dtype).name}.nii.gz").get_data_dtype() == dtype
+
+
+def test_folder_lock_is_exclusive_across_processes(tmp_path):
+    """A second process finds the folder busy (on_busy runs; raising there gives up) until the first releases it."""
+    import subprocess
+    import sys
+
+    from monai_tgd.io import folder_lock
+
+    probe = (
+        "import sys\nfrom monai_tgd.io import folder_lock\n"
+        "def busy():\n    print('busy'); sys.exit(3)\n"
+        f"with folder_lock({str(tmp_path)!r}, on_busy=busy):\n    print('got it')\n"
+    )
+    with folder_lock(tmp_path):
+        held = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    free = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert (held.returncode, held.stdout.strip()) == (3, "busy")
+    assert (free.returncode, free.stdout.strip()) == (0, "got it")

@@ -22,6 +22,8 @@ from monai_tgd.metrics import (
     body_ssim,
     ensemble_bias,
     ensemble_cov,
+    roi_bias,
+    roi_cov,
     roi_mae,
     roi_rmse,
 )
@@ -53,6 +55,37 @@ def test_roi_errors_hand_computed():
     assert roi_rmse(image, ref, roi) == pytest.approx(math.sqrt(4 / 3))
     assert roi_mae(image, ref, roi) == pytest.approx(2 / 3)
     assert roi_rmse(torch.tensor(image), torch.tensor(ref), torch.tensor(roi)) == pytest.approx(math.sqrt(4 / 3))
+
+
+def test_roi_bias_and_cov_hand_computed():
+    image, ref, roi = np.array([1.0, 2.0, 3.0, 100.0]), np.array([1.0, 4.0, 3.0, 0.0]), np.array([1, 1, 1, 0], bool)
+    # ROI means: image 2, reference 8/3 -> 100 * (2 - 8/3) / (8/3) = -25 %; the voxel outside (100 vs 0) is ignored
+    assert roi_bias(image, ref, roi) == pytest.approx(-25.0)
+    assert isinstance(roi_bias(image, ref, roi), float)
+    # image ROI values 1, 2, 3: std 1 (ddof 1) or sqrt(2/3) (ddof 0), mean 2
+    assert roi_cov(image, roi) == pytest.approx(50.0)
+    assert roi_cov(image, roi, ddof=0) == pytest.approx(100 * math.sqrt(2 / 3) / 2)
+    assert isinstance(roi_cov(image, roi), float)
+    assert roi_cov(np.array([5.0, 1.0]), np.array([1, 0]), ddof=0) == 0.0  # one voxel is enough without ddof
+
+
+def test_roi_bias_and_cov_match_numpy_on_random_volumes():
+    """3D volumes, numpy and float32 torch inputs (CPU), 0/1 and boolean ROIs against plain numpy in float64."""
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0.5, 3.0, (6, 5, 4)).astype(np.float32)
+    ref = rng.uniform(0.5, 3.0, (6, 5, 4)).astype(np.float32)
+    roi = rng.random((6, 5, 4)) < 0.3
+    x, r = image.astype(np.float64)[roi], ref.astype(np.float64)[roi]
+    bias = 100 * (x.mean() - r.mean()) / r.mean()
+    cov = 100 * x.std(ddof=1) / x.mean()
+    assert roi_bias(image, ref, roi) == pytest.approx(bias, rel=1e-12)
+    assert roi_cov(image, roi) == pytest.approx(cov, rel=1e-12)
+    t_image, t_ref, t_roi = torch.from_numpy(image), torch.from_numpy(ref), torch.from_numpy(roi.astype(np.uint8))
+    assert roi_bias(t_image, t_ref, t_roi) == pytest.approx(bias, rel=1e-12)
+    assert roi_cov(t_image, t_roi) == pytest.approx(cov, rel=1e-12)
+    assert roi_cov(t_image[None], torch.from_numpy(roi)[None], ddof=0) == pytest.approx(
+        100 * x.std() / x.mean(), rel=1e-12
+    )  # [1, H, W, D] works too
 
 
 def test_body_psnr():
@@ -92,6 +125,14 @@ def test_body_ssim_matches_monai_on_full_mask_and_identity():
         (lambda: ensemble_cov(np.zeros((2, 4)), ROI), r"the ensemble mean in the ROI is 0"),
         (lambda: roi_rmse(REF, REF[:3], ROI), r"shape mismatch: image \(4,\), reference \(3,\), roi \(4,\)"),
         (lambda: roi_mae(REF, REF, np.zeros(4, bool)), r"roi is empty"),
+        (lambda: roi_bias(REF, REF[:3], ROI), r"shape mismatch: image \(4,\), reference \(3,\), roi \(4,\)"),
+        (lambda: roi_cov(REF, ROI[:2]), r"shape mismatch: image \(4,\), roi \(2,\)"),
+        (lambda: roi_bias(REF, REF, np.zeros(4, bool)), r"roi is empty"),
+        (lambda: roi_cov(REF, np.zeros(4, bool)), r"roi is empty"),
+        (lambda: roi_bias(REF, np.array([-1.0, 1.0, 5.0, 5.0]), ROI), r"the reference mean in the ROI is 0"),
+        (lambda: roi_cov(np.array([-1.0, 1.0, 5.0, 5.0]), ROI), r"the image mean in the ROI is 0"),
+        (lambda: roi_cov(REF, np.array([1, 0, 0, 0])), r"the ROI has 1 voxel\(s\); a standard deviation with ddof=1"),
+        (lambda: roi_cov(REF, ROI, ddof=2), r"the ROI has 2 voxel\(s\); a standard deviation with ddof=2"),
         (lambda: body_psnr(REF, REF, ROI, max_val=0), r"max_val must be finite and > 0, got 0.0"),
         (lambda: body_ssim(REF, REF, ROI), r"body_ssim needs 2D or 3D images \[\*spatial\], got shape \(4,\)"),
         (lambda: body_ssim(np.ones((4, 4)), np.ones((4, 4)), np.ones((4, 4), bool)), r"win_size \(11, 11\) is larger than the image shape \(4, 4\)"),

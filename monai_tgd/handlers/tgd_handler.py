@@ -51,7 +51,7 @@ class TGDHandler:
         masks: dict[str, torch.Tensor] | str | os.PathLike | None = None,
         mode: str = "activation",
         freeze_output: bool = True,
-        bn_stats: str = "update",
+        bn_stats: str = "freeze",
         alpha: float = 1.0,
         k: int = 5,
         output_dir: str | os.PathLike | None = None,

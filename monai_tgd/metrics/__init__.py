@@ -1,4 +1,4 @@
-"""PET image-quality metrics: ensemble bias and CoV, ROI RMSE/MAE, body PSNR/SSIM; functions, MONAI ``Cumulative``
+"""PET image-quality metrics: ensemble bias and CoV, ROI RMSE/MAE/bias/CoV, body PSNR/SSIM; functions, MONAI ``Cumulative``
 metrics and Ignite handlers."""
 
 from .ensemble import EnsembleBiasMetric, EnsembleCoVMetric, ensemble_bias, ensemble_cov
@@ -17,6 +17,8 @@ from .roi import (
     ROIRMSEMetric,
     body_psnr,
     body_ssim,
+    roi_bias,
+    roi_cov,
     roi_mae,
     roi_rmse,
 )
@@ -26,6 +28,8 @@ __all__ = [
     "ensemble_cov",
     "roi_rmse",
     "roi_mae",
+    "roi_bias",
+    "roi_cov",
     "body_psnr",
     "body_ssim",
     "EnsembleBiasMetric",

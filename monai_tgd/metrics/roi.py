@@ -1,9 +1,9 @@
-"""Image-quality metrics restricted to a region of interest: RMSE, MAE, and PSNR/SSIM over the body.
+"""Image-quality metrics restricted to a region of interest: RMSE, MAE, bias, CoV, and PSNR/SSIM over the body.
 
 Plain functions take one study, ``image`` and ``reference`` of the same shape (e.g. ``[H, W, D]`` or
 ``[1, H, W, D]``) and a boolean ``roi`` of that shape; they accept numpy arrays or torch tensors, compute in float64
 (SSIM too, through MONAI's ``SSIMMetric``) and return a Python float. RMSE and MAE are in the units of the images (e.g.
-Bq/mL or SUV); PSNR is in dB; SSIM is unitless.
+Bq/mL or SUV); bias and CoV in percent; PSNR in dB; SSIM is unitless.
 
 The ``Cumulative`` classes aggregate these per-study values over an evaluation (``aggregate()``, ``reset()``) and
 take MONAI's batch-first layout:
@@ -33,6 +33,8 @@ from monai.utils import MetricReduction, ensure_tuple_rep
 __all__ = [
     "roi_rmse",
     "roi_mae",
+    "roi_bias",
+    "roi_cov",
     "body_psnr",
     "body_ssim",
     "ROIRMSEMetric",
@@ -88,6 +90,30 @@ def roi_mae(image: ArrayLike, reference: ArrayLike, roi: ArrayLike) -> float:
     """Mean absolute error of ``image`` against ``reference`` over the voxels of ``roi`` (image units)."""
     image, reference, roi = _image_roi(image, reference, roi)
     return float(np.mean(np.abs(image[roi] - reference[roi])))
+
+
+def roi_bias(image: ArrayLike, reference: ArrayLike, roi: ArrayLike) -> float:
+    """Bias of one image in percent of the reference's ROI mean: ``100 * (mean_roi(image) - mean_roi(ref)) /
+    mean_roi(ref)`` (the single-image counterpart of :func:`monai_tgd.metrics.ensemble_bias`)."""
+    image, reference, roi = _image_roi(image, reference, roi)
+    truth = reference[roi].mean()
+    if truth == 0:
+        raise ValueError("the reference mean in the ROI is 0; a bias relative to it is undefined.")
+    return float(100.0 * (image[roi].mean() - truth) / truth)
+
+
+def roi_cov(image: ArrayLike, roi: ArrayLike, ddof: int = 1) -> float:
+    """Spatial coefficient of variation of one image in percent: ``100 * std_roi(image) / mean_roi(image)``
+    (``ddof`` 1 by default). The noise left in a uniform region of a single image, e.g. the liver of an online study
+    that has one realisation; with several realisations use :func:`monai_tgd.metrics.ensemble_cov`."""
+    check_same_shape(image=image, roi=roi)
+    values = as_float64(image)[as_mask(roi)]
+    if values.size <= ddof:
+        raise ValueError(f"the ROI has {values.size} voxel(s); a standard deviation with ddof={ddof} needs more.")
+    mean = values.mean()
+    if mean == 0:
+        raise ValueError("the image mean in the ROI is 0; a coefficient of variation is undefined.")
+    return float(100.0 * values.std(ddof=ddof) / mean)
 
 
 def body_psnr(image: ArrayLike, reference: ArrayLike, body: ArrayLike, max_val: float | None = None) -> float:

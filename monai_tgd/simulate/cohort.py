@@ -18,15 +18,13 @@ whose ``study.json`` matches are reused, the others are simulated again, and the
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import tempfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -34,7 +32,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from monai_tgd.io import atomic_path
+from monai_tgd.io import atomic_path, folder_lock
 
 from .acquisition import ScannerModel, _block_mean, draw_counts, expected_rates, split_counts, thin_counts
 from .osem import osem, protocol
@@ -338,21 +336,6 @@ def _check_writable(out: Path) -> None:
         raise PermissionError(f"cannot write the cohort to {str(out)!r}: {err}") from err
 
 
-@contextmanager
-def _folder_lock(root: Path, say: Callable[[str], None]) -> Iterator[None]:
-    """Hold an exclusive ``fcntl.flock`` on ``root/.lock`` (blocking; released on exit or if the process dies)."""
-    with open(root / ".lock", "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            say(f"waiting for another process generating the cohort in {root}")
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _worker_init() -> None:
     """One torch thread per worker process: the workers already use every core."""
     import torch
@@ -397,7 +380,8 @@ def generate_cohort(
     say = log or (lambda msg: None)
     root = Path(out)
     _check_writable(root)
-    with _folder_lock(root, say):  # the completion marker is checked only while holding the lock
+    # the completion marker is checked only while holding the lock
+    with folder_lock(root, lambda: say(f"waiting for another process generating the cohort in {root}")):
         return _generate_locked(root, profile, seed, workers, progress, say)
 
 
