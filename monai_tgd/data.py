@@ -69,7 +69,7 @@ def load_datalist(
     """
     path = Path(datalist)
     try:
-        content = json.loads(path.read_text())
+        content = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot read datalist {path}: {e}") from e
     records = content.get(section) if isinstance(content, dict) else None

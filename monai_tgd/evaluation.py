@@ -396,7 +396,7 @@ def _json_safe(value: Any) -> Any:
 
 def _write_csv(path: Path, rows: Sequence[Mapping], columns: Sequence[str]) -> None:
     with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as f:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
             writer.writeheader()
             for row in rows:
@@ -405,7 +405,7 @@ def _write_csv(path: Path, rows: Sequence[Mapping], columns: Sequence[str]) -> N
 
 def _write_text(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 def _write_json(path: Path, content: Any) -> None:

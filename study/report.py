@@ -37,7 +37,7 @@ ONLINE_MARGIN_PCT = 10.0
 def _json(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"report: {path} is missing; run study/run_study.py to produce it.")
-    return json.loads(path.read_text())
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def spread(values: Sequence[float]) -> dict:
@@ -773,7 +773,7 @@ def section_ablation(res: Results) -> list[str]:
 
 def section_differences(res: Results) -> list[str]:
     """Where this run and the paper differ, with the reasons the run's own numbers point to."""
-    datalist = json.loads(Path(res.manifest["datalist"]).read_text())
+    datalist = json.loads(Path(res.manifest["datalist"]).read_text(encoding="utf-8"))
     shape, voxel = datalist["image_shape"], datalist["voxel_size_mm"]
     counts = {k: len(datalist[k]) for k in ("pretrain_v1", "finetune_v2")}
     settings = res.manifest["settings"]
@@ -782,7 +782,7 @@ def section_differences(res: Results) -> list[str]:
     input_bias = res.metric(LOW, "v2", res.input_name, "liver_lesion_bias_truth_pct")
     network_bias = [res.metric(LOW, "v2", n, "liver_lesion_bias_ref_pct")["mean"] for n in MAIN_NETWORKS]
     output_share = _output_share(res.checkpoint("v1-net", res.seeds[0]), res.masks[res.seeds[0]])
-    bundle = {**{k: v for k, v in json.loads((CONFIGS / "common.json").read_text()).items()
+    bundle = {**{k: v for k, v in json.loads((CONFIGS / "common.json").read_text(encoding="utf-8")).items()
                  if k in ("samples_per_volume", "batch_size", "patch_size", "features")}, **settings["bundle"]}
     lines = [
         "## 7. Where this run and the paper differ, and the likely reasons",
@@ -861,12 +861,15 @@ def section_runtime(res: Results) -> list[str]:
         key = name.rsplit("_s", 1)[0] if name.rsplit("_s", 1)[-1].isdigit() else name
         key = "online N2N" if key.startswith("n2n_") else "evaluate OOD" if key.startswith("ood_") else key
         groups[key] = groups.get(key, 0.0) + t["seconds"]
+    invocations = res.manifest["invocations"]
     runs = [[i["started"], f"{i['seconds'] / 60:.1f}", str(i["workers"]), str(i["stages_run"]), str(i["stages_reused"])]
-            for i in res.manifest["invocations"]]  # fmt: skip
+            for i in invocations if i["stages_run"]]  # fmt: skip
+    report_only = sum(1 for i in invocations if not i["stages_run"])
     return [
         "## Run time",
         "",
-        "The invocations of the study on this work folder (wall time until the report is written):",
+        "The invocations of the study on this work folder that ran stages (wall time until the report is written)"
+        + (f"; {report_only} more reused every stage and only rewrote the report" if report_only else "") + ":",
         "",
         *table(["started", "minutes", "stages side by side", "stages run", "stages reused"], runs),
         "",
@@ -911,6 +914,6 @@ def write_report(work: Path, docs: Path, manifest: Mapping) -> Path:
         lines += section(res) + [""]
     path = docs / "results.md"
     tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text("\n".join(lines))
+    tmp.write_text("\n".join(lines), encoding="utf-8")
     tmp.replace(path)
     return path

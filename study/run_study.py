@@ -144,7 +144,7 @@ class Study:
 
         cohort = BUNDLE / "data" / f"simulated_{self.settings['cohort']}" if self.profile != "tiny" else self.work / "cohort"
         self.datalist = ensure_datalist(None, cohort, self.settings["cohort"], 0)
-        self.ood_studies = sorted({r["study"] for r in json.loads(Path(self.datalist).read_text())["ood"]})
+        self.ood_studies = sorted({r["study"] for r in json.loads(Path(self.datalist).read_text(encoding="utf-8"))["ood"]})
 
     # ---- the stages ------------------------------------------------------------------------------------------------
     def train(self, name: str, workflow: list[str], needs: list[str], seed: int, curve: int | None = None,
@@ -268,7 +268,7 @@ class Study:
             content = {
                 "code": _code_digest(),
                 "data": hashlib.sha256(Path(self.datalist).read_bytes()).hexdigest(),
-                "configs": {f: (CONFIGS / f).read_text() for f in files},
+                "configs": {f: (CONFIGS / f).read_text(encoding="utf-8") for f in files},
                 "overrides": self.overrides(stage),
                 "needs": [self.fingerprint(self._by_name[n]) for n in stage.needs],
             }
@@ -299,7 +299,7 @@ class Study:
         resumed_from = None
         if stage.run_dir is not None:
             started = stage.run_dir / "stage.json"
-            previous = json.loads(started.read_text()).get("fingerprint") if started.is_file() else None
+            previous = json.loads(started.read_text(encoding="utf-8")).get("fingerprint") if started.is_file() else None
             checkpoints = sorted(stage.run_dir.glob("checkpoint_epoch=*.pt"), key=lambda p: int(p.stem.split("=")[1]))
             if previous == fingerprint and checkpoints:
                 resumed_from = int(checkpoints[-1].stem.split("=")[1])
@@ -315,7 +315,7 @@ class Study:
         log.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
         start = time.perf_counter()
-        with open(log, "w") as f:
+        with open(log, "w", encoding="utf-8") as f:
             f.write("$ " + " ".join(_quote(c) for c in command) + "\n\n")
             f.flush()
             code = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, cwd=BUNDLE, env=env).returncode
@@ -337,7 +337,7 @@ def _code_digest() -> str:
 
     digest = hashlib.sha256(" ".join(version(p) for p in ("torch", "monai", "pytorch-ignite")).encode())
     for path in sorted((REPO / "monai_tgd").rglob("*.py")):
-        tree = ast.parse(path.read_text())
+        tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             body = getattr(node, "body", None)
             if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(
@@ -355,7 +355,7 @@ def _write_json(path: Path, content) -> None:
     """Atomic JSON write (a temporary file in the same folder, then renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    tmp.write_text(json.dumps(content, indent=1, default=str) + "\n")
+    tmp.write_text(json.dumps(content, indent=1, default=str) + "\n", encoding="utf-8")
     tmp.replace(path)
 
 
@@ -363,7 +363,7 @@ def run_stages(study: Study, stages: list[Stage], workers: int) -> tuple[dict, i
     """Run every stage not yet done, ``workers`` at a time in dependency order; returns the timing records of all
     stages and how many ran now."""
     timings_path = study.work / "stages.json"
-    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    timings = json.loads(timings_path.read_text(encoding="utf-8")) if timings_path.is_file() else {}
     done = {
         s.name for s in stages
         if s.marker.is_file() and timings.get(s.name, {}).get("fingerprint") == study.fingerprint(s)
@@ -441,7 +441,7 @@ def _run_locked(profile: str, work: Path, docs: Path, seeds: list[int], ablation
     stages = study.stages()
     timings, ran = run_stages(study, stages, workers)
     invocations_path = work / "invocations.json"
-    invocations = json.loads(invocations_path.read_text()) if invocations_path.is_file() else []
+    invocations = json.loads(invocations_path.read_text(encoding="utf-8")) if invocations_path.is_file() else []
     invocations.append({"started": started, "seconds": round(time.perf_counter() - began, 1), "workers": workers,
                         "stages_run": ran, "stages_reused": len(stages) - ran})
     _write_json(invocations_path, invocations)
@@ -455,7 +455,7 @@ def _run_locked(profile: str, work: Path, docs: Path, seeds: list[int], ablation
         "n2n_threshold": N2N_THRESHOLD,
         "datalist": study.datalist,
         "ood_studies": study.ood_studies,
-        "weight_decay": json.loads((CONFIGS / "common.json").read_text())["weight_decay"],
+        "weight_decay": json.loads((CONFIGS / "common.json").read_text(encoding="utf-8"))["weight_decay"],
         "layout": study.layout,
         "stages": {s.name: timings[s.name] for s in stages},
         "invocations": invocations,

@@ -28,7 +28,7 @@ def tiny_study(tmp_path_factory):
 
 def test_report_and_figures_come_from_the_run(tiny_study):
     work, results = tiny_study
-    text = results.read_text()
+    text = results.read_text(encoding="utf-8")
     for name in FIGURES:
         png = results.parent / "figures" / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
@@ -44,7 +44,7 @@ def test_report_and_figures_come_from_the_run(tiny_study):
     sweep = json.loads((work / "runs" / "kse_sweep" / "kse_sweep.json").read_text())["rows"][0]
     assert f"| 0.3 | {sweep['flagged_channels']} / {sweep['total_channels']} | {sweep['dropped_params_pct']:.1f} |" in text
     # every stage's exact command is in its log, so it can be rerun by hand
-    log = (work / "logs" / "tgd_s0.log").read_text()
+    log = (work / "logs" / "tgd_s0.log").read_text(encoding="utf-8")
     assert log.startswith("$ ") and "-m monai.bundle run" in log.splitlines()[0] and "configs/tgd_s0.json" in log
 
 

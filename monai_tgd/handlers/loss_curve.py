@@ -100,7 +100,7 @@ class LossCurveHandler:
         )
         if self.output_file is not None and idist.get_rank() == 0:
             with atomic_path(self.output_file) as tmp:
-                tmp.write_text(json.dumps({"records": self.records}, indent=1) + "\n")
+                tmp.write_text(json.dumps({"records": self.records}, indent=1) + "\n", encoding="utf-8")
 
     def state_dict(self) -> dict:
         return {"records": self.records, "train_seconds": self.train_seconds}

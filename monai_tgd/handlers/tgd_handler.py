@@ -110,7 +110,7 @@ class TGDHandler:
             "retrained_channels": {n: m.nonzero().flatten().tolist() for n, m in self.masks.items()},
         }  # fmt: skip
         with atomic_path(self.output_dir / SUMMARY_FILE) as tmp:
-            tmp.write_text(json.dumps(info, indent=2))
+            tmp.write_text(json.dumps(info, indent=2), encoding="utf-8")
 
     def remove(self, engine: Engine | None = None) -> None:
         """Take TGD off the network (the masks are kept for a later run of the same engine)."""

@@ -287,7 +287,7 @@ def _load_complete_study(root: Path, plan: StudyPlan, expected_hash: str) -> dic
     """The study's manifest if it is complete for ``expected_hash`` (marker present, hash equal, files present)."""
     path = root / "studies" / plan.study / "study.json"
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if manifest.get("study_hash") != expected_hash or not all((root / f).is_file() for f in _study_files(manifest)):
@@ -391,7 +391,7 @@ def _generate_locked(root: Path, profile: Profile, seed: int, workers: int | Non
     datalist_path, marker = root / "datalist.json", root / "cohort.json"
     digest = settings_hash(profile, seed)
     try:
-        done = json.loads(marker.read_text())
+        done = json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         done = None
     if done and done.get("settings_hash") == digest and all((root / f).is_file() for f in done.get("files", [])):
