@@ -8,6 +8,7 @@ end with identical parameters although each rank sees different data.
 from __future__ import annotations
 
 import datetime
+import os
 import time
 from pathlib import Path
 
@@ -119,6 +120,9 @@ def _ddp_worker(rank: int, init_method: str, mode: str, out_dir: str) -> None:
         dist.barrier()
     finally:
         dist.destroy_process_group()
+    # Every check passed: leave without interpreter finalization, where gloo's worker threads can still release
+    # tensors and abort the process (seen here once as SIGABRT, "terminate called without an active exception").
+    os._exit(0)
 
 
 def _spawn(fn, args: tuple, timeout: float = SPAWN_TIMEOUT) -> None:
