@@ -710,12 +710,15 @@ def evaluate_ood(
         ood = label == int(record["ood_label"])
         if ood_dilation > 0 and ood.any():
             ood = ndimage.binary_dilation(ood, structure=_in_plane(ood.ndim, axial_axis), iterations=ood_dilation)
-        if not ood.any():  # a structure thinner than a voxel (e.g. the catheter of a coarse test cohort)
+        has_roi = bool(ood.any())
+        has_bias = has_roi and reference[ood].mean() != 0
+        if not has_roi:  # a structure thinner than a voxel (e.g. the catheter of a coarse test cohort)
             say(f"evaluate_ood: {study}: no voxel has the out-of-distribution label {record['ood_label']}; "
                 "its ROI metrics are NaN.")
-        elif reference[ood].mean() == 0:
+        elif not has_bias:
             say(f"evaluate_ood: {study}: the reference is 0 in the out-of-distribution ROI; its bias is NaN.")
         liver, _ = liver_roi(label, liver_erosion, axial_axis)
+        has_liver = int(liver.sum()) > 1
         body = label > 0
         candidates: list[tuple[str, str, Callable[[], np.ndarray]]] = []
         if include_input:
@@ -733,11 +736,10 @@ def evaluate_ood(
                 "baseline": not source,
                 "checkpoint": source,
                 "ood_voxels": int(ood.sum()),
-                "ood_rmse_ref": roi_rmse(out, reference, ood) if ood.any() else float("nan"),
-                "ood_mae_ref": roi_mae(out, reference, ood) if ood.any() else float("nan"),
-                "ood_bias_ref_pct": roi_bias(out, reference, ood) if ood.any() and reference[ood].mean() != 0
-                else float("nan"),
-                "liver_pixel_cov_pct": roi_cov(out, liver) if liver.sum() > 1 else float("nan"),
+                "ood_rmse_ref": roi_rmse(out, reference, ood) if has_roi else float("nan"),
+                "ood_mae_ref": roi_mae(out, reference, ood) if has_roi else float("nan"),
+                "ood_bias_ref_pct": roi_bias(out, reference, ood) if has_bias else float("nan"),
+                "liver_pixel_cov_pct": roi_cov(out, liver) if has_liver else float("nan"),
                 "rmse_body_ref": roi_rmse(out, reference, body),
                 "seconds": round(time.perf_counter() - start, 3),
             }

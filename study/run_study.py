@@ -315,7 +315,8 @@ class Study:
         log.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
         start = time.perf_counter()
-        with open(log, "w", encoding="utf-8") as f:
+        # a resumed stage appends, so the log of its interrupted part is kept
+        with open(log, "a" if resumed_from is not None else "w", encoding="utf-8") as f:
             f.write("$ " + " ".join(_quote(c) for c in command) + "\n\n")
             f.flush()
             code = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, cwd=BUNDLE, env=env).returncode

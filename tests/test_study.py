@@ -71,6 +71,8 @@ def test_cut_off_training_resumes_from_its_checkpoint(tiny_study):
     assert stages["ft_s0"]["resumed_from_epoch"] == run_study.PROFILES["tiny"]["finetune_epochs"]
     resumed = torch.load(final, weights_only=True)
     assert all(torch.equal(weights[k], resumed[k]) for k in weights)
+    log = (work / "logs" / "ft_s0.log").read_text(encoding="utf-8")
+    assert log.count("\n$ ") + log.startswith("$ ") == 2  # the first run's log is kept, the resumed run appended
 
 
 def test_changed_settings_rerun_the_stage_and_what_depends_on_it(tiny_study):
