@@ -12,7 +12,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["PATH_FIELDS", "ensure_datalist", "load_datalist", "n2n_pairs", "holdout_slices"]
+import numpy as np
+import torch
+
+__all__ = ["PATH_FIELDS", "ensure_datalist", "load_datalist", "n2n_pairs", "holdout_slices", "calibration_slabs"]
 
 
 def ensure_datalist(
@@ -109,3 +112,46 @@ def holdout_slices(every: int) -> slice:
     if isinstance(every, bool) or not isinstance(every, int) or every < 2:
         raise ValueError(f"holdout_slices: every must be an integer >= 2 (every n-th slice is held out), got {every!r}.")
     return slice(every // 2, None, every)
+
+
+def calibration_slabs(
+    records: Sequence[dict], key: str, per_study: int = 4, slab: int = 3, axis: int = -1
+) -> torch.Tensor:
+    """Network inputs for calibrating a setting on training studies, e.g. the automatic KSE threshold
+    (:func:`monai_tgd.tgd.threshold_for_budget`): ``per_study`` 2.5D slabs per study, centred on evenly spaced slices
+    (the end slices excluded), whole in-plane.
+
+    Args:
+        records: datalist records (e.g. of ``finetune_v2``; never test studies) whose ``key`` is an image file.
+        key: the record field of the input image (e.g. ``"noisy_60s"``), in the network's input units.
+        per_study: slabs per study, >= 1.
+        slab, axis: slab width (odd) and the slab (axial) axis of the image array, as for
+            :func:`monai_tgd.transforms.slab.extract_slabs`.
+
+    Returns:
+        float32 ``[len(records) * per_study, slab, *in-plane]``, studies in the order given.
+
+    Raises:
+        ValueError: no records, ``per_study < 1``, a record without ``key``, or images of different in-plane sizes.
+    """
+    from monai.transforms import LoadImage
+
+    from .transforms.slab import extract_slabs
+
+    if isinstance(per_study, bool) or not isinstance(per_study, int) or per_study < 1:
+        raise ValueError(f"calibration_slabs: per_study must be an int >= 1, got {per_study!r}.")
+    if not records:
+        raise ValueError("calibration_slabs: no records; give the training (e.g. fine-tuning) studies.")
+    load = LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)
+    slabs = []
+    for i, record in enumerate(records):
+        if record.get(key) is None:
+            raise ValueError(f"calibration_slabs: study {record.get('study', f'#{i}')} has no field '{key}'.")
+        volume = torch.as_tensor(load(record[key]))
+        length = volume.shape[axis if axis < 0 else axis + 1]
+        centres = np.linspace(0, length - 1, per_study + 2).round().astype(int)[1:-1]
+        slabs.append(extract_slabs(volume, centres.tolist(), slab=slab, axis=axis))
+    shapes = {tuple(s.shape[2:]) for s in slabs}
+    if len(shapes) > 1:
+        raise ValueError(f"calibration_slabs: the studies' in-plane sizes differ: {sorted(shapes)}.")
+    return torch.cat(slabs).float()

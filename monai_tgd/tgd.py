@@ -1,21 +1,32 @@
 """Targeted Gradient Descent (Chen, Asma, Chan, MICCAI 2021): retrain only the kernels that make redundant features.
 
-Three pieces, all plain PyTorch (no ignite, no data):
+The pieces, all plain PyTorch (no ignite, no data):
 
 - :func:`kse_masks` finds, for every hidden convolution, which of its output channels feed feature maps that the
   next convolution scores as redundant by KSE (paper Fig. 2): those channels are retrained, the rest frozen.
+- :func:`frozen_rows` states which rows (dim 0) of which parameters and BN buffers TGD keeps fixed: the one rule
+  :class:`TGD` enforces.
 - :class:`TGD` installs the masks on a network with hooks, like ``torch.nn.utils.prune``: the module tree and its
-  ``state_dict`` keys stay those of the plain network, and :meth:`TGD.remove` takes every hook away again.
-- :func:`drop_redundant` zeroes the kernels that read redundant feature maps (the threshold study, paper Fig. 4).
+  ``state_dict`` keys stay those of the plain network, and :meth:`TGD.remove` takes every hook away again. A network
+  carries at most one TGD at a time.
+- :func:`drop_redundant` zeroes the kernels that read redundant feature maps (the threshold study, paper Fig. 4),
+  through :func:`zero_readers`, which zeroes the kernels reading any given feature maps.
+- :func:`threshold_for_budget` chooses the KSE threshold from a fidelity budget: the largest ``phi`` whose dropped
+  kernels change the output by at most a given relative RMSE on calibration inputs.
 
 Supported topologies: every hidden convolution feeds exactly one next convolution through BatchNorm and
 element-wise activations/dropout only (DnCNN, ``nn.Sequential`` chains); convolutions from which no other
-convolution is reachable are output convolutions. The network is traced with ``torch.fx`` to find this chain.
+convolution is reachable are output convolutions. The network is traced with ``torch.fx`` to find this chain
+(:func:`conv_chain`); :func:`kse_masks`, :func:`mask_summary`, :func:`frozen_rows`, :func:`zero_readers` and
+:class:`TGD` take ``chain=`` to reuse one trace (it must be the chain of that same network).
 """
 
 from __future__ import annotations
 
 import copy
+import math
+import weakref
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +40,10 @@ from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from .kse import kse_scores
 
-__all__ = ["ConvChain", "conv_chain", "kse_masks", "mask_summary", "TGD", "drop_redundant"]
+__all__ = [
+    "ConvChain", "conv_chain", "kse_masks", "mask_summary", "frozen_rows", "TGD", "zero_readers", "drop_redundant",
+    "threshold_for_budget",
+]  # fmt: skip
 
 MODES = ("activation", "parameter")
 BN_STATS = ("update", "freeze")
@@ -155,7 +169,25 @@ def conv_chain(network: nn.Module) -> ConvChain:
     return ConvChain(tuple(hidden), tuple(outputs))
 
 
-def kse_masks(network: nn.Module, threshold: float, alpha: float = 1.0, k: int = 5) -> dict[str, torch.Tensor]:
+def _chain_of(network: nn.Module, chain: ConvChain | None, where: str) -> ConvChain:
+    """``chain`` if given (after checking that its modules are ``network``'s), else ``conv_chain(network)``."""
+    if chain is None:
+        return conv_chain(network)
+    if not isinstance(chain, ConvChain):
+        raise TypeError(f"{where}: chain must be a ConvChain from conv_chain(network), got {type(chain).__name__}.")
+    own = {id(m) for m in _unwrap(network).modules()}
+    modules = [m for h in chain.hidden for m in (h.conv, h.norm, h.consumer) if m is not None]
+    if not all(id(m) in own for m in modules + [conv for _, conv in chain.outputs]):
+        raise ValueError(
+            f"{where}: chain holds modules that are not in the given {type(_unwrap(network)).__name__}; pass "
+            "conv_chain(network) of this network (a deep copy has other modules)."
+        )
+    return chain
+
+
+def kse_masks(
+    network: nn.Module, threshold: float, alpha: float = 1.0, k: int = 5, chain: ConvChain | None = None
+) -> dict[str, torch.Tensor]:
     """Retrain masks of every hidden conv of ``network`` (paper Fig. 2 and the definition of ``M_n``).
 
     Output channel ``n`` of hidden conv ``i-1`` is retrained (True) when the KSE score of input channel ``n`` of the
@@ -165,6 +197,7 @@ def kse_masks(network: nn.Module, threshold: float, alpha: float = 1.0, k: int =
         network: a network whose hidden convs feed the next conv through BN/activations only (see :func:`conv_chain`).
         threshold: KSE threshold ``phi`` in [0, 1] (0.3 in the paper); 0 retrains nothing.
         alpha, k: KSE parameters, see :func:`monai_tgd.kse.kse_scores`.
+        chain: ``conv_chain(network)``, if already traced.
 
     Returns:
         ``{conv module name: bool tensor [out_channels] on the CPU}``, True = retrain.
@@ -172,7 +205,7 @@ def kse_masks(network: nn.Module, threshold: float, alpha: float = 1.0, k: int =
     if not 0.0 <= threshold <= 1.0:  # also rejects NaN
         raise ValueError(f"kse_masks: threshold must be in [0, 1], got {threshold}.")
     masks = {}
-    for h in conv_chain(network).hidden:
+    for h in _chain_of(network, chain, "kse_masks").hidden:
         try:
             scores = kse_scores(h.consumer.weight, alpha=alpha, k=k)
         except ValueError as e:
@@ -181,12 +214,14 @@ def kse_masks(network: nn.Module, threshold: float, alpha: float = 1.0, k: int =
     return masks
 
 
-def mask_summary(network: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, float]:
+def mask_summary(
+    network: nn.Module, masks: dict[str, torch.Tensor], chain: ConvChain | None = None
+) -> dict[str, float]:
     """Fraction of retrained output channels per hidden conv, and ``"overall"``: retrained fraction of the hidden
-    convs' and their BNs' parameters."""
+    convs' and their BNs' parameters. ``chain``: ``conv_chain(network)``, if already traced."""
     retrained = total = 0
     summary = {}
-    for h in conv_chain(network).hidden:
+    for h in _chain_of(network, chain, "mask_summary").hidden:
         m = masks[h.name].to(torch.float64)
         summary[h.name] = float(m.mean())
         for module in (h.conv, h.norm):
@@ -196,6 +231,64 @@ def mask_summary(network: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str
                 total += p.numel()
     summary["overall"] = retrained / total if total else 0.0
     return summary
+
+
+def frozen_rows(
+    network: nn.Module,
+    masks: Mapping[str, torch.Tensor],
+    freeze_output: bool = True,
+    bn_stats: str = "freeze",
+    chain: ConvChain | None = None,
+) -> dict[str, torch.Tensor]:
+    """The rows (dim 0 = output channel) of the network's parameters and BN buffers that TGD keeps fixed.
+
+    For every hidden conv with mask ``M`` (True = retrain), rows ``~M`` of its weight and bias and of its BN's weight
+    and bias, and with ``bn_stats="freeze"`` of the BN's ``running_mean`` and ``running_var`` (if it tracks them);
+    with ``freeze_output``, every row of the output convolutions' weight and bias. This is the rule :class:`TGD`
+    enforces (it installs exactly these rows).
+
+    Args:
+        network: the network (a ``DistributedDataParallel``/``DataParallel`` wrapper is unwrapped).
+        masks: ``{hidden conv name: bool [out_channels]}``, True = retrain, as from :func:`kse_masks`.
+        freeze_output, bn_stats: as for :class:`TGD`.
+        chain: ``conv_chain(network)``, if already traced.
+
+    Returns:
+        ``{name in the plain network's state_dict: bool tensor [dim 0 of that tensor] on the CPU}``, True = frozen,
+        in execution order, for every parameter and buffer with at least one frozen row (``num_batches_tracked``
+        is never frozen).
+    """
+    _check_settings(freeze_output, bn_stats)
+    chain = _chain_of(network, chain, "frozen_rows")
+    masks = _checked_masks(chain, masks)
+    frozen: dict[str, torch.Tensor] = {}
+
+    def add(module_name: str, module: nn.Module, rows: torch.Tensor, buffers: tuple[str, ...] = ()) -> None:
+        if not rows.any():
+            return
+        names = [n for n, _ in module.named_parameters(recurse=False)]
+        names += [n for n in buffers if getattr(module, n, None) is not None]
+        for attr in names:
+            key = f"{module_name}.{attr}" if module_name else attr
+            frozen[key] = frozen[key] | rows if key in frozen else rows.clone()  # a module used twice: both masks
+
+    for h in chain.hidden:
+        rows = ~masks[h.name]
+        add(h.name, h.conv, rows)
+        if h.norm is not None:
+            kept_stats = bn_stats == "freeze" and h.norm.track_running_stats
+            add(h.norm_name, h.norm, rows, ("running_mean", "running_var") if kept_stats else ())
+    if freeze_output:
+        for name, conv in chain.outputs:
+            add(name, conv, torch.ones(conv.out_channels, dtype=torch.bool))
+    return frozen
+
+
+def _check_settings(freeze_output: bool, bn_stats: str) -> None:
+    if not isinstance(freeze_output, bool):
+        raise TypeError(f"TGD: freeze_output must be a bool, got {freeze_output!r}.")
+    if bn_stats not in BN_STATS:
+        raise ValueError(f"TGD: bn_stats must be one of {BN_STATS}, got {bn_stats!r}.")
 
 
 class _FrozenRows:
@@ -215,12 +308,16 @@ class _FrozenRows:
         self.tensor.index_copy_(0, self.index, self.values)
 
 
+#: the network (unwrapped) each installed TGD is on; weak, so a network dropped without remove() is not kept alive
+_INSTALLED: weakref.WeakKeyDictionary[nn.Module, TGD] = weakref.WeakKeyDictionary()
+
+
 class TGD:
     """Targeted Gradient Descent on a network, installed with hooks; ``remove()`` (or leaving a ``with`` block) undoes it.
 
     Retrained channels train as usual; frozen channels (mask False) and, with ``freeze_output``, the output
     convolutions stay bit-identical, in conv weights and biases and in BN affine parameters, under any
-    ``torch.optim`` optimizer (weight decay and momentum included), AMP and DDP:
+    ``torch.optim`` optimizer (weight decay and momentum included), AMP and DDP (:func:`frozen_rows` lists them):
 
     - ``mode="activation"`` (the paper's TGD layer, Eq. 4): after every hidden conv and after its BN, identity in the
       forward pass and ``dL/dY * M`` in the backward pass; gradients reach earlier layers only through retrained
@@ -233,7 +330,8 @@ class TGD:
     the network's parameters (a global ``torch.optim`` step post-hook) the frozen rows are copied back from their
     values at install: gradient masking alone does not stop weight decay or momentum (e.g. a resumed optimizer
     state) from moving them. So load weights and move the network to its device before installing TGD, and call
-    :meth:`remove` when done (hooks, as in ``torch.nn.utils.prune``, stay until removed).
+    :meth:`remove` when done (hooks, as in ``torch.nn.utils.prune``, stay until removed). Like a second prune of the
+    same kind, a second TGD on a network that still carries one raises.
 
     The activation mode's gradient is not the gradient of the loss with respect to the retrained parameters: it
     ignores how a retrained channel changes the frozen channels downstream (they read it through small but
@@ -254,6 +352,10 @@ class TGD:
         mode: ``"activation"`` or ``"parameter"``.
         freeze_output: keep the output convolutions unchanged (the paper); ``False`` trains them fully.
         bn_stats: ``"update"`` or ``"freeze"``.
+        chain: ``conv_chain(network)``, if already traced (e.g. for :func:`kse_masks`); kept as :attr:`chain`.
+
+    Raises:
+        ValueError: TGD is already installed on the network, or a bad mode, bn_stats, mask or network structure.
     """
 
     def __init__(
@@ -263,46 +365,49 @@ class TGD:
         mode: str = "activation",
         freeze_output: bool = True,
         bn_stats: str = "freeze",
+        chain: ConvChain | None = None,
     ) -> None:
+        if not isinstance(network, nn.Module):
+            raise TypeError(f"TGD: network must be an nn.Module, got {type(network).__name__}.")
         if mode not in MODES:
             raise ValueError(f"TGD: mode must be one of {MODES}, got {mode!r}.")
-        if bn_stats not in BN_STATS:
-            raise ValueError(f"TGD: bn_stats must be one of {BN_STATS}, got {bn_stats!r}.")
-        chain = conv_chain(network)
-        self.masks = _checked_masks(chain, masks)
+        _check_settings(freeze_output, bn_stats)
+        net = _unwrap(network)
+        if net in _INSTALLED:
+            raise ValueError(
+                f"TGD: the {type(net).__name__} already carries a TGD; call remove() on that TGD (or leave its with "
+                "block) before installing another."
+            )
+        self.chain = _chain_of(net, chain, "TGD")
+        rows = frozen_rows(net, masks, freeze_output, bn_stats, self.chain)  # checks masks and settings
+        self.masks = _checked_masks(self.chain, masks)
         self.mode, self.freeze_output, self.bn_stats = mode, freeze_output, bn_stats
         self._frozen: list[_FrozenRows] = []
         self._handles: list = []
         self._param_ids = {id(p) for p in network.parameters()}
-        self._install(chain)
+        self._network = weakref.ref(net)
+        try:
+            self._install(net, rows)
+        except BaseException:
+            self.remove()
+            raise
+        _INSTALLED[net] = self
 
-    def _install(self, chain: ConvChain) -> None:
-        for h in chain.hidden:
-            retrain = self.masks[h.name].to(h.conv.weight.device)
-            frozen = ~retrain
-            for module in (h.conv, h.norm):
-                if module is not None:
-                    self._freeze_parameters(module, frozen)
-            if self.mode == "activation":
+    def _install(self, net: nn.Module, rows: dict[str, torch.Tensor]) -> None:
+        for name, frozen in rows.items():
+            module_name, _, attr = name.rpartition(".")
+            tensor = getattr(net.get_submodule(module_name), attr)
+            self._frozen.append(_FrozenRows(tensor, frozen))
+            if isinstance(tensor, nn.Parameter) and tensor.requires_grad:
+                self._handles.append(tensor.register_hook(self._frozen[-1].mask_grad))
+        if self.mode == "activation":
+            for h in self.chain.hidden:
                 # The paper puts a TGD layer after the conv and after its BN; BN's backward is per channel, so a zero
                 # dL/dY after BN already gives an exactly zero dL/dY after the conv: one layer does both.
                 last = h.norm if h.norm is not None else h.conv
+                frozen = ~self.masks[h.name].to(h.conv.weight.device)
                 self._handles.append(last.register_forward_hook(_output_grad_mask(frozen)))
-            if self.bn_stats == "freeze" and h.norm is not None and h.norm.track_running_stats:
-                self._frozen += [_FrozenRows(h.norm.running_mean, frozen), _FrozenRows(h.norm.running_var, frozen)]
-        if self.freeze_output:
-            for _, conv in chain.outputs:
-                self._freeze_parameters(conv, torch.ones(conv.out_channels, dtype=torch.bool, device=conv.weight.device))
         self._handles.append(register_optimizer_step_post_hook(self._after_step))
-
-    def _freeze_parameters(self, module: nn.Module, frozen: torch.Tensor) -> None:
-        if not frozen.any():
-            return
-        for p in module.parameters(recurse=False):
-            rows = _FrozenRows(p, frozen)
-            self._frozen.append(rows)
-            if p.requires_grad:
-                self._handles.append(p.register_hook(rows.mask_grad))
 
     def _after_step(self, optimizer: torch.optim.Optimizer, *_) -> None:
         if any(id(p) in self._param_ids for group in optimizer.param_groups for p in group["params"]):
@@ -319,6 +424,9 @@ class TGD:
             handle.remove()
         self._handles.clear()
         self._frozen.clear()
+        net = self._network()
+        if net is not None and _INSTALLED.get(net) is self:
+            del _INSTALLED[net]
 
     def __enter__(self) -> TGD:
         return self
@@ -338,7 +446,10 @@ def _output_grad_mask(frozen: torch.Tensor):
     return hook
 
 
-def _checked_masks(chain: ConvChain, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _checked_masks(chain: ConvChain, masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``masks`` as bool CPU tensors, one per hidden conv of ``chain`` (no other names, shape ``(out_channels,)``)."""
+    if not isinstance(masks, Mapping):
+        raise TypeError(f"TGD: masks must be a dict {{hidden conv name: bool tensor}}, got {type(masks).__name__}.")
     hidden = {h.name: h.conv.out_channels for h in chain.hidden}
     for name in masks:
         if name not in hidden:
@@ -358,28 +469,151 @@ def _checked_masks(chain: ConvChain, masks: dict[str, torch.Tensor]) -> dict[str
     return checked
 
 
+def zero_readers(
+    network: nn.Module, feature_maps: Mapping[str, torch.Tensor], chain: ConvChain | None = None
+) -> float:
+    """Zero, in place, the kernels that read the given feature maps: ``W_i[:, c] = 0`` in the conv ``i`` fed by
+    hidden conv ``h`` for every output channel ``c`` of ``h`` with ``feature_maps[h][c]`` True.
+
+    This removes feature map ``c``'s contribution exactly (zeroing the producing conv instead would not, since its BN
+    adds beta back). It is the core of :func:`drop_redundant` and of its random control
+    (:func:`monai_tgd.evaluation.zero_random_kernels`).
+
+    Args:
+        network: the network, modified in place.
+        feature_maps: ``{hidden conv name: bool [out_channels]}``; hidden convs not named keep all their readers.
+        chain: ``conv_chain(network)``, if already traced.
+
+    Returns:
+        The fraction of all conv parameters (weights and biases of the hidden and output convs) zeroed.
+    """
+    if not isinstance(feature_maps, Mapping):
+        raise TypeError(f"zero_readers: feature_maps must be a dict {{hidden conv name: bool tensor}}, got "
+                        f"{type(feature_maps).__name__}.")
+    chain = _chain_of(network, chain, "zero_readers")
+    hidden = {h.name: h for h in chain.hidden}
+    for name, maps in feature_maps.items():
+        if name not in hidden:
+            raise ValueError(
+                f"zero_readers: '{name}' is not a hidden conv of the network; hidden convs: {list(hidden)}."
+            )
+        channels = hidden[name].conv.out_channels
+        if not isinstance(maps, torch.Tensor) or maps.dtype != torch.bool or maps.shape != (channels,):
+            got = f"{maps.dtype} {tuple(maps.shape)}" if isinstance(maps, torch.Tensor) else type(maps).__name__
+            raise ValueError(f"zero_readers: feature maps of '{name}' must be a bool tensor ({channels},), got {got}.")
+    dropped = 0
+    with torch.no_grad():
+        for h in chain.hidden:
+            if h.name in feature_maps:
+                readers = feature_maps[h.name].to(h.consumer.weight.device)
+                h.consumer.weight[:, readers] = 0
+                dropped += h.consumer.weight[:, readers].numel()
+    convs = [h.conv for h in chain.hidden] + [conv for _, conv in chain.outputs]
+    total = sum(p.numel() for conv in convs for p in conv.parameters(recurse=False))
+    return dropped / total
+
+
 def drop_redundant(
     network: nn.Module, threshold: float, alpha: float = 1.0, k: int = 5
 ) -> tuple[nn.Module, float]:
     """A copy of ``network`` without the kernels that read feature maps KSE scores as redundant (paper Fig. 4).
 
-    For every conv ``i`` fed by a hidden conv, ``W_i[:, c]`` is zeroed for each input channel ``c`` scoring below
-    ``threshold``: this removes feature map ``c``'s contribution exactly (zeroing the producing conv instead would
-    not, since its BN adds beta back).
+    For every conv ``i`` fed by a hidden conv, ``W_i[:, c]`` is zeroed (:func:`zero_readers`) for each input channel
+    ``c`` scoring below ``threshold``: the channels :func:`kse_masks` marks for retraining.
 
     Returns:
         ``(copy, fraction)``: the pruned copy and the fraction of all conv parameters (weights and biases) zeroed.
     """
     pruned = copy.deepcopy(_unwrap(network))
-    masks = kse_masks(pruned, threshold, alpha=alpha, k=k)
     chain = conv_chain(pruned)
-    dropped = 0
-    with torch.no_grad():
-        for h in chain.hidden:
-            redundant = masks[h.name].to(h.consumer.weight.device)
-            h.consumer.weight[:, redundant] = 0
-            dropped += h.consumer.weight[:, redundant].numel()
-    convs = [h.conv for h in chain.hidden] + [conv for _, conv in chain.outputs]
-    total = sum(p.numel() for conv in convs for p in conv.parameters(recurse=False))
-    return pruned, dropped / total
+    masks = kse_masks(pruned, threshold, alpha=alpha, k=k, chain=chain)
+    return pruned, zero_readers(pruned, masks, chain=chain)
 
+
+def threshold_for_budget(
+    network: nn.Module,
+    inputs: torch.Tensor | Iterable[torch.Tensor],
+    max_change: float = 0.01,
+    alpha: float = 1.0,
+    k: int = 5,
+) -> tuple[float, float]:
+    """The largest KSE threshold whose redundant kernels can be dropped within a fidelity budget.
+
+    Returns the largest ``phi`` such that for every ``phi' <= phi``, dropping the kernels flagged at ``phi'``
+    (:func:`drop_redundant`) changes the network's output on ``inputs`` by at most ``max_change`` relative RMSE,
+    ``sqrt(sum (y' - y)^2 / sum y^2)`` over every output voxel of every input. The flagged set grows only at the KSE
+    scores themselves, so the search is exact, not a grid: the distinct scores below 1 are visited in increasing
+    order, each adding the channels that score it to the dropped set, until the change first exceeds the budget;
+    ``phi`` is that score (everything scoring below it can be dropped within the budget, flagging the channels that
+    score exactly ``phi`` too would break it), or 1.0 when no score breaks the budget. The change is not assumed to
+    grow with ``phi``: every smaller flagged set is measured.
+
+    The network is measured in eval mode on copies (``network`` itself is not changed), one sample at a time in the
+    order given, with float64 sums, so the result is the same whether ``inputs`` come as one batch or as several.
+    Cost: one forward pass per sample and per distinct score below the returned ``phi``.
+
+    Args:
+        network: a network :func:`kse_masks` supports (a ``DistributedDataParallel``/``DataParallel`` wrapper is
+            unwrapped).
+        inputs: a batch ``[B, C_in, *spatial]`` in the network's input units, or an iterable of such batches (e.g. a
+            few 2.5D slabs of the fine-tuning studies; never of test studies), on any device (moved to the network's).
+        max_change: the budget, a relative RMSE in (0, 1) (0.01 = 1 %).
+        alpha, k: KSE parameters, see :func:`monai_tgd.kse.kse_scores`.
+
+    Returns:
+        ``(phi, change)``: the threshold, and the relative RMSE of dropping the kernels :func:`kse_masks` flags at
+        ``phi`` (0.0 when it flags none).
+
+    Raises:
+        ValueError: ``max_change`` outside (0, 1), no inputs or an input that is not a ``[B, C_in, *spatial]``
+            tensor, an all-zero output, or a network TGD does not support (the message names the conv).
+    """
+    if isinstance(max_change, bool) or not isinstance(max_change, (int, float)) or not 0.0 < max_change < 1.0:
+        raise ValueError(f"threshold_for_budget: max_change must be a relative RMSE in (0, 1), got {max_change!r}.")
+    net = _unwrap(network)
+    chain = conv_chain(net)  # refuses unsupported networks before any inference
+    scores = {}
+    for h in chain.hidden:
+        try:
+            scores[h.name] = kse_scores(h.consumer.weight, alpha=alpha, k=k).cpu()
+        except ValueError as e:
+            raise ValueError(f"threshold_for_budget: conv '{h.consumer_name}': {e}") from e
+    samples = _calibration_samples(inputs)
+    levels = sorted({s for layer in scores.values() for s in layer.tolist() if s < 1.0})
+    reference = copy.deepcopy(net).eval()
+    pruned = copy.deepcopy(net).eval()
+    pruned_chain = conv_chain(pruned)
+    device = next(net.parameters()).device
+    with torch.no_grad():
+        samples = [x.to(device) for x in samples]
+        originals = [reference(x).double() for x in samples]
+        norm = math.fsum(float(y.pow(2).sum()) for y in originals)
+        if norm == 0:
+            raise ValueError("threshold_for_budget: the network's output on inputs is 0 everywhere; a relative change "
+                             "is undefined. Give calibration inputs with activity.")
+        change = 0.0
+        for level in levels:
+            zero_readers(pruned, {h.name: scores[h.name] == level for h in pruned_chain.hidden}, chain=pruned_chain)
+            squared = math.fsum(float((pruned(x).double() - y).pow(2).sum()) for x, y in zip(samples, originals))
+            new = math.sqrt(squared / norm)
+            if new > max_change:
+                return level, change
+            change = new
+    return 1.0, change
+
+
+def _calibration_samples(inputs: torch.Tensor | Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    """``inputs`` (a batch or an iterable of batches ``[B, C, *spatial]``) as a list of ``[1, C, *spatial]``."""
+    batches = [inputs] if isinstance(inputs, torch.Tensor) else list(inputs)
+    samples = []
+    for i, batch in enumerate(batches):
+        if not isinstance(batch, torch.Tensor) or batch.dim() < 3:
+            got = f"shape {tuple(batch.shape)}" if isinstance(batch, torch.Tensor) else type(batch).__name__
+            raise ValueError(
+                f"threshold_for_budget: inputs must be a tensor [B, C_in, *spatial] or an iterable of them; batch {i} "
+                f"is {got}."
+            )
+        samples += [batch[j : j + 1] for j in range(batch.shape[0])]
+    if not samples:
+        raise ValueError("threshold_for_budget: inputs hold no samples; give at least one [B, C_in, *spatial] batch.")
+    return samples

@@ -13,7 +13,7 @@ Nothing is lost to an interruption: a stage counts as done when its last output 
 records it with the same settings; a training stage that was cut off resumes from its last epoch checkpoint (the
 bundle's exact resume: weights, optimizer, TGD masks, loss curve and its training clock). Changing a profile's
 settings reruns the stages they affect. The v1-net and v2-net are trained once and shared by all seeds; the
-fine-tuning, ablation and online stages run once per seed. ``study/report.py`` then turns the outputs into
+fine-tuning, ablation and online stages run once per seed. ``study/report/`` then turns the outputs into
 ``<docs>/results.md`` and ``<docs>/figures/*.png``.
 """
 
@@ -32,9 +32,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from report import write_report  # study/report.py: this script's folder is on sys.path
+from report import write_report  # study/report/: this script's folder is on sys.path
 
-from monai_tgd.io import folder_lock
+from monai_tgd.io import atomic_path, folder_lock
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "pet_tgd_denoising"
@@ -93,6 +93,8 @@ ABLATIONS = {
     "TGD-net (parameter mode)": {"tgd_mode": "parameter"},
     "TGD-net (output conv trained)": {"tgd_freeze_output": False},
     "TGD-net (BN statistics updated)": {"tgd_bn_stats": "update"},
+    # the threshold from a fidelity budget (threshold_for_budget) on slabs of the fine-tuning studies, not 0.3
+    "TGD-net (automatic threshold)": {"tgd_threshold": "auto"},
 }
 
 #: the online networks: {base network: online network}; TGD-net was made at the bundle's tgd_threshold (0.3)
@@ -190,6 +192,7 @@ class Study:
             "curves": {"v1-net": self.curve_file("v1"), "v2-net": self.curve_file("v2"),
                        "no weight decay": self.curve_file("v1_no_wd"), "FT-net": {}, "TGD-net": {}},
             "masks": {},
+            "ablation_masks": {},
             "online_masks": {},
             "evaluations": [self.rel(out[5].marker)],
             "ood_evaluations": [self.rel(out[6].marker)],
@@ -214,6 +217,7 @@ class Study:
                 run = f"tgd_{slug(name.split('(')[1])}_s{seed}"
                 out.append(self.train(run, ["finetune_tgd"], ["v1"], seed, **tune, **overrides))
                 networks[name] = str(self.model(run))
+                self.layout["ablation_masks"].setdefault(name, {})[str(seed)] = self.rel(self.runs / run / "tgd_masks.json")
         out.append(self.evaluate(f"eval_s{seed}", networks, [st.name for st in out], include_input=False))
         key = str(seed)
         self.layout["curves"]["FT-net"][key] = self.curve_file(ft)
@@ -353,11 +357,9 @@ def _quote(arg: str) -> str:
 
 
 def _write_json(path: Path, content) -> None:
-    """Atomic JSON write (a temporary file in the same folder, then renamed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    tmp.write_text(json.dumps(content, indent=1, default=str) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    """Atomic JSON write (:func:`monai_tgd.io.atomic_path`: complete under its final name or not at all)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(content, indent=1, default=str) + "\n", encoding="utf-8")
 
 
 def run_stages(study: Study, stages: list[Stage], workers: int) -> tuple[dict, int]:

@@ -67,20 +67,60 @@ def load_tiny_model(path):
     return net
 
 
-def assert_tgd_kept_frozen(base: dict, tuned: dict, masks: dict) -> None:
+# The output conv of a DnCNN with TINY_OVERRIDES sizes (and of the 4-layer DnCNNs of the TGD unit tests).
+OUTPUT_CONV = f"blocks.{TINY_OVERRIDES['num_layers'] - 1}.conv"
+
+
+def tgd_frozen_rows(base: dict, masks: dict, bn_stats: str = "freeze") -> dict:
+    """``{state_dict key: bool [rows], True = must stay bit-identical}`` for the hidden convs of a DnCNN under TGD.
+
+    Written from DnCNN's naming (``blocks.i.conv`` is normalised by ``blocks.i.norm``), not from TGD's own tracing:
+    the frozen rows (``~mask``) of each masked conv's weight/bias and of its BN's weight/bias, and with
+    ``bn_stats="freeze"`` of the BN's running mean/var. Keys missing from ``base`` (the first conv has no BN, BN'd
+    convs have no bias) are skipped; every masked conv's weight must be there, so a naming slip cannot make a check
+    vacuous.
+    """
+    rows = {}
+    for name, retrain in masks.items():
+        assert f"{name}.weight" in base, f"{name}.weight not in the state dict"
+        norm = name.replace("conv", "norm")
+        keys = [f"{name}.weight", f"{name}.bias", f"{norm}.weight", f"{norm}.bias"]
+        keys += [f"{norm}.running_mean", f"{norm}.running_var"] if bn_stats == "freeze" else []
+        rows.update({key: ~retrain.cpu() for key in keys if key in base})
+    return rows
+
+
+def assert_frozen_rows_kept(
+    base: dict, current: dict, masks: dict, bn_stats: str = "freeze", output: str = OUTPUT_CONV, where: str = ""
+) -> None:
+    """The TGD guarantee at one moment (e.g. right after an optimizer step, or in a checkpoint saved mid-run):
+    the rows of :func:`tgd_frozen_rows` and the whole ``output`` conv of state dict ``current`` are bit-identical to
+    ``base`` (the weights TGD was installed on). Says nothing about retrained rows."""
+    import torch
+
+    prefix = f"{where}: " if where else ""
+    for key, frozen in tgd_frozen_rows(base, masks, bn_stats).items():
+        now, then = current[key].detach().cpu()[frozen], base[key].cpu()[frozen]
+        assert torch.equal(now, then), (
+            f"{prefix}frozen rows of {key} changed, max abs change {(now - then).abs().max().item():.3e}"
+        )
+    assert f"{output}.weight" in base, f"output conv {output} not in the state dict"
+    for p in ("weight", "bias"):
+        if f"{output}.{p}" in base:
+            assert torch.equal(current[f"{output}.{p}"].detach().cpu(), base[f"{output}.{p}"].cpu()), (
+                f"{prefix}output conv {output}.{p} changed"
+            )
+
+
+def assert_tgd_kept_frozen(base: dict, tuned: dict, masks: dict, where: str = "") -> None:
     """The TGD guarantee on state dicts (the bundle's default ``tgd_bn_stats="freeze"``): frozen rows of every masked
     conv and its BN, BN running statistics included, are bit-identical to ``base``, some retrained row moved, and the
     output conv is unchanged."""
     import torch
 
-    changed = 0
-    for name, retrain in masks.items():
-        norm = name.replace("conv", "norm")
-        for key in (f"{name}.weight", f"{name}.bias", f"{norm}.weight", f"{norm}.bias", f"{norm}.running_mean",
-                    f"{norm}.running_var"):  # fmt: skip
-            if key in base:
-                assert torch.equal(tuned[key][~retrain], base[key][~retrain]), f"frozen rows of {key} changed"
-                changed += int(not torch.equal(tuned[key][retrain], base[key][retrain]))
-    assert changed > 0, "no retrained channel moved"
-    out = f"blocks.{TINY_OVERRIDES['num_layers'] - 1}.conv"
-    assert all(torch.equal(tuned[f"{out}.{p}"], base[f"{out}.{p}"]) for p in ("weight", "bias")), "output conv changed"
+    assert_frozen_rows_kept(base, tuned, masks, where=where)
+    changed = sum(
+        int(not torch.equal(tuned[key][~frozen], base[key][~frozen]))
+        for key, frozen in tgd_frozen_rows(base, masks).items()
+    )
+    assert changed > 0, f"{where}: no retrained channel moved" if where else "no retrained channel moved"

@@ -27,14 +27,17 @@ def _load(path) -> dict[str, torch.Tensor]:
 
 
 def test_rank0_only_overrides_target_the_right_items():
-    """multi_gpu_train.json disables ``train#handlers#1``/``#2`` and ``train#savers#0``/``#1`` on ranks > 0 by index
-    (the model-zoo convention); this fails if common.json reorders those lists."""
+    """multi_gpu_train.json disables the ``StatsHandler``, the ``TensorBoardStatsHandler`` and both
+    ``CheckpointSaver``s on ranks > 0 by name (``train#stats_handler#_disabled_``, ...); this fails if an override
+    names a handler that common.json does not define or does not attach through ``train#handlers``/``train#savers``."""
     parser = ConfigParser()
-    parser.read_config([str(CONFIGS / "common.json"), str(CONFIGS / "finetune_tgd.json")])
-    handlers = [h["_target_"] for h in parser["train"]["handlers"]]
-    assert handlers[1:3] == ["StatsHandler", "TensorBoardStatsHandler"], handlers
-    savers = [s["_target_"] for s in parser["train"]["savers"]]
-    assert savers == ["CheckpointSaver", "CheckpointSaver"], savers
+    parser.read_config([str(CONFIGS / f) for f in ("common.json", "finetune_tgd.json", "multi_gpu_train.json")])
+    overrides = json.loads((CONFIGS / "multi_gpu_train.json").read_text())
+    names = [k.removesuffix("#_disabled_") for k in overrides if k.endswith("#_disabled_")]
+    targets = sorted(parser[n]["_target_"] for n in names)
+    assert targets == ["CheckpointSaver", "CheckpointSaver", "StatsHandler", "TensorBoardStatsHandler"], targets
+    attached = parser["train"]["handlers"] + parser["train"]["savers"]
+    assert all(f"@{n}" in attached for n in names), (names, attached)
 
 
 def test_finetune_tgd_ddp_two_processes(run_bundle, tiny_cohort, tmp_path):

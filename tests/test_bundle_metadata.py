@@ -60,8 +60,10 @@ def test_network_data_format_fields(side, key):
 def test_network_data_format_matches_dncnn_defaults():
     """3 consecutive slices in, the denoised centre slice out: DnCNN's and common.json's network_def defaults."""
     defaults = {k: p.default for k, p in inspect.signature(DnCNN).parameters.items()}
-    common = json.loads((BUNDLE / "configs" / "common.json").read_text())["network_def"]
+    config = json.loads((BUNDLE / "configs" / "common.json").read_text())
+    common = config["network_def"]
     fmt = META["network_data_format"]
-    assert fmt["inputs"]["image"]["num_channels"] == defaults["in_channels"] == common["in_channels"] == 3
+    assert common["in_channels"] == "@slab"  # the slab width setting
+    assert fmt["inputs"]["image"]["num_channels"] == defaults["in_channels"] == config["slab"] == 3
     assert fmt["outputs"]["pred"]["num_channels"] == defaults["out_channels"] == common["out_channels"] == 1
     assert common["spatial_dims"] == 2

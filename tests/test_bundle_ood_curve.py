@@ -13,6 +13,7 @@ import torch
 
 from monai_tgd.evaluation import OOD_COLUMNS
 
+from ._bitwise import exact_kernels  # noqa: F401  (a fixture)
 from .conftest import load_tiny_model
 
 
@@ -27,7 +28,7 @@ def read_records(path):
     return content["records"]
 
 
-def test_loss_curve_records_checkpoints_and_resumes(run_bundle, tmp_path):
+def test_loss_curve_records_checkpoints_and_resumes(run_bundle, tmp_path, exact_kernels):
     run_bundle("pretrain")
     run_bundle(["finetune_tgd", "loss_curve"], epochs=3, curve_interval=2)
     run_dir = tmp_path / "runs" / "tgd"
@@ -46,7 +47,8 @@ def test_loss_curve_records_checkpoints_and_resumes(run_bundle, tmp_path):
     assert checkpoint["curve"]["records"] == records
     assert round(checkpoint["curve"]["train_seconds"], 4) == seconds[-1]
 
-    # the curve does not perturb training: the same run without it gives the same weights
+    # the curve does not perturb training: the same run without it gives the same weights (bit for bit: CPU, or CUDA
+    # with deterministic kernels, see tests/_bitwise.py)
     run_bundle("finetune_tgd", epochs=3, run_name="plain")
     with_curve = load_tiny_model(tmp_path / "models" / "model_tgd.pt").state_dict()
     without = load_tiny_model(tmp_path / "models" / "model_plain.pt").state_dict()

@@ -1,5 +1,6 @@
 """monai_tgd.evaluation on hand-checkable synthetic studies: metrics, reports, errors, and the KSE sweep."""
 
+import copy
 import csv
 import json
 import math
@@ -27,9 +28,7 @@ from monai_tgd.evaluation import (
     zero_random_kernels,
 )
 from monai_tgd.inferers import Slab25DInferer
-from monai_tgd.metrics import ensemble_bias, ensemble_cov
 from monai_tgd.networks import DnCNN
-from monai_tgd.tgd import drop_redundant, kse_masks
 
 SHAPE = (12, 12, 4)
 DELTAS = [-0.1, -0.05, 0.05, 0.1]  # realisation r = reference * (1 + d_r): the ensemble mean is the reference
@@ -105,6 +104,22 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
+def slides_bias(images, reference, roi):
+    """The slides' ensemble bias, written out: 100 ((1/R) sum_r mu_r - T) / T, mu_r the ROI mean of realisation r."""
+    mu = [float(np.mean(x[roi], dtype=np.float64)) for x in images]
+    truth = float(np.mean(reference[roi], dtype=np.float64))
+    return 100 * (sum(mu) / len(mu) - truth) / truth
+
+
+def slides_cov(images, roi):
+    """The slides' ensemble CoV, written out: 100 * ROI mean of sigma_i / ROI mean of the ensemble-mean image, sigma_i
+    the sample std (R - 1) over the realisations at voxel i."""
+    x = images[:, roi].astype(np.float64)  # [R, N]
+    m = x.sum(axis=0) / len(x)
+    sigma = np.sqrt(((x - m) ** 2).sum(axis=0) / (len(x) - 1))
+    return 100 * sigma.mean() / m.mean()
+
+
 def test_identity_network_gives_the_metrics_of_the_realisations(study, tmp_path):
     record, label, reference = study
     out = tmp_path / "out"
@@ -116,10 +131,10 @@ def test_identity_network_gives_the_metrics_of_the_realisations(study, tmp_path)
     assert erosion == 1
     for row in rows:
         assert row["realizations"] == 4 and row["n_liver_lesions"] == 1 and row["liver_voxels"] == liver.sum()
-        assert row["liver_lesion_bias_ref_pct"] == pytest.approx(ensemble_bias(realizations, reference, label == 10))
+        assert row["liver_lesion_bias_ref_pct"] == pytest.approx(slides_bias(realizations, reference, label == 10))
         assert row["liver_lesion_bias_ref_pct"] == pytest.approx(0.0, abs=1e-4)
         assert row["liver_lesion_bias_truth_pct"] == pytest.approx(25.0, abs=1e-4)  # 1 / 0.8 - 1
-        assert row["liver_cov_pct"] == pytest.approx(ensemble_cov(realizations, liver), rel=1e-5)
+        assert row["liver_cov_pct"] == pytest.approx(slides_cov(realizations, liver), rel=1e-5)
         assert row["liver_cov_pct"] == pytest.approx(COV, rel=1e-5)
         assert row["rmse_body_ref"] == pytest.approx(0.0, abs=1e-5)
         lesions = {p["lesion_label"]: p for p in row["lesions"]}
@@ -151,6 +166,84 @@ def test_constant_offset_gives_the_known_bias_cov_and_rmse(study):
     assert plus["rmse_body_ref"] == pytest.approx(0.5, rel=1e-5)
     # the lesion-free rows are not mixed up between networks
     assert rows[2]["network"] == "id" and rows[2]["liver_lesion_bias_ref_pct"] == pytest.approx(0.0, abs=1e-4)
+
+
+@pytest.fixture
+def textured_study(tmp_path):
+    """A study where the slides' formulas and the plausible shortcuts disagree: the reference alternates 0.5x / 1.5x
+    of its label's level voxel by voxel (non-uniform inside every ROI: liver 1 / 3, lesions 4 / 12), every voxel of
+    every realisation has an offset of 0.5 +- 0.2 (a larger relative error where the reference is low) and noise of
+    std reference_i * s_i with s_i spread over 0.02..0.5 (heteroscedastic). Two liver lesions (10, 11), one lung
+    lesion (12); truth = the labels' levels without the texture."""
+    label = np.zeros(SHAPE, np.int16)
+    label[1:11, 1:11] = 1
+    label[2:10, 2:10] = 2
+    label[4:7, 4:7, 1:3] = 10
+    label[7:9, 3:5, 0:3] = 11
+    label[10, 2:5, 1:3] = 3
+    label[10, 3, 1:3] = 12
+    level = np.select([label == 1, label == 2, label == 10, label == 11, label == 3, label == 12],
+                      [1.0, 2.0, 8.0, 6.0, 0.3, 2.0], 0)  # fmt: skip
+    checker = np.indices(SHAPE).sum(axis=0) % 2
+    reference = level * (0.5 + checker)
+    rng = np.random.default_rng(7)
+    scale = np.geomspace(0.02, 0.5, reference.size)[rng.permutation(reference.size)].reshape(SHAPE)
+    offset = 0.5 + 0.2 * rng.standard_normal(SHAPE)
+    realizations = [reference + offset + reference * scale * rng.standard_normal(SHAPE) for _ in range(5)]
+    record = {
+        "study": "textured",
+        "label": save(tmp_path / "tex_label.nii.gz", label),
+        "reference": save(tmp_path / "tex_reference.nii.gz", reference),
+        "truth": save(tmp_path / "tex_truth.nii.gz", level),
+        "realizations": [save(tmp_path / f"tex_r{i}.nii.gz", r) for i, r in enumerate(realizations)],
+        "realization_duration_s": 60.0,
+        "lesions": [{"label": 10, "organ": "liver"}, {"label": 11, "organ": "liver"}, {"label": 12, "organ": "lung"}],
+    }
+    return record, label
+
+
+def test_evaluation_rows_follow_the_slides_on_textured_heteroscedastic_study(textured_study):
+    """Every ensemble number of evaluate_networks against the slides' formulas, for the input, a constant offset and
+    a slab-averaging network (outputs computed here with numpy), on a study where the shortcuts differ."""
+    record, label = textured_study
+    load = lambda path: np.asarray(nib.load(path).dataobj, dtype=np.float32)  # noqa: E731
+    realizations = np.stack([load(p) for p in record["realizations"]])
+    reference, truth = load(record["reference"]), load(record["truth"])
+    padded = np.concatenate([realizations[..., :1], realizations, realizations[..., -1:]], axis=-1)
+    outputs = {
+        "input (60 s)": realizations,
+        "plus": realizations + np.float32(0.5),
+        "mean": (padded[..., :-2].astype(np.float64) + padded[..., 1:-1] + padded[..., 2:]) / 3,  # edge replicated
+    }
+    liver, body = erode_in_plane(label == 2, 1), label > 0  # eroded around the lesion holes too
+    lesions = {n: label == n for n in (10, 11, 12)}
+
+    # the data tell the slides' formulas from the shortcuts, by far more than the tolerances below
+    x64, ref64 = realizations.astype(np.float64), reference.astype(np.float64)
+    roi = lesions[10]
+    assert abs(100 * np.mean((x64[:, roi] - ref64[roi]) / ref64[roi]) - slides_bias(realizations, reference, roi)) > 1
+    pooled = 100 * np.sqrt(np.mean(x64[:, liver].var(axis=0, ddof=1))) / x64[:, liver].mean()
+    assert abs(pooled / slides_cov(realizations, liver) - 1) > 0.05
+    ddof0 = 100 * x64[:, liver].std(axis=0).mean() / x64[:, liver].mean()
+    assert abs(ddof0 / slides_cov(realizations, liver) - 1) > 0.05
+
+    rows = evaluate_networks({"plus": CentreSlice(0.5), "mean": SlabMean()}, [record], INFERER, log=None)
+    assert [r["network"] for r in rows] == list(outputs)
+    for row in rows:
+        images = outputs[row["network"]]
+        bias_ref = {n: slides_bias(images, reference, m) for n, m in lesions.items()}
+        bias_truth = {n: slides_bias(images, truth, m) for n, m in lesions.items()}
+        assert row["realizations"] == 5 and row["n_liver_lesions"] == 2 and row["liver_voxels"] == liver.sum()
+        assert row["liver_lesion_bias_ref_pct"] == pytest.approx((bias_ref[10] + bias_ref[11]) / 2, rel=1e-5)
+        assert row["liver_lesion_bias_truth_pct"] == pytest.approx((bias_truth[10] + bias_truth[11]) / 2, rel=1e-5)
+        assert row["liver_cov_pct"] == pytest.approx(slides_cov(images, liver), rel=1e-5)
+        mean_image = images.astype(np.float64).mean(axis=0)
+        assert row["rmse_body_ref"] == pytest.approx(np.sqrt(np.mean((mean_image[body] - ref64[body]) ** 2)), rel=1e-5)
+        for lesion in row["lesions"]:
+            n = lesion["lesion_label"]
+            assert lesion["voxels"] == lesions[n].sum()
+            assert lesion["bias_ref_pct"] == pytest.approx(bias_ref[n], rel=1e-5)
+            assert lesion["bias_truth_pct"] == pytest.approx(bias_truth[n], rel=1e-5)
 
 
 def test_denoise_batches_the_realisations():
@@ -238,33 +331,92 @@ def make_net(seed=0):
     return net.eval()
 
 
-def test_kse_sweep_fractions_control_and_seed():
-    net = make_net()
-    g = torch.Generator().manual_seed(1)
-    volume = 1 + torch.rand(16, 16, 4, generator=g)
-    body = torch.zeros(16, 16, 4, dtype=torch.bool)
-    body[2:14, 2:14] = True
-    thresholds = [0.0, 0.3, 0.6]
-    rows = kse_sweep(net, volume, thresholds, INFERER, body, seed=3, random_draws=2)
-    assert [r["threshold"] for r in rows] == thresholds
-    for row, t in zip(rows, thresholds):
-        assert set(KSE_COLUMNS) <= set(row)
-        assert row["dropped_params_pct"] == pytest.approx(100 * drop_redundant(net, t)[1])
-        assert row["random_dropped_params_pct"] == pytest.approx(row["dropped_params_pct"])
-        assert row["flagged_channels"] == sum(int(m.sum()) for m in kse_masks(net, t).values())
-        assert row["total_channels"] == 24
-        assert sum(row["flagged_per_layer"].values()) == row["flagged_channels"]
-    assert rows[0]["flagged_channels"] == 0 and rows[0]["kse_output_change_pct"] == 0.0
-    assert rows[0]["random_output_change_pct"] == 0.0
-    assert rows[1]["flagged_channels"] > 0
-    # near-dead channels matter less than random ones
-    assert rows[1]["kse_output_change_pct"] < rows[1]["random_output_change_pct_min"]
+# KSE scores known by construction. In a conv fed by a hidden conv, input column c is eps_c * P (one random pattern P
+# per conv) with eps_c a power of 2: every input channel then has the same kernel-density distribution, so the same
+# entropy (bit for bit: power-of-2 scaling is exact), the entropy term min-max normalises to 0, and the score is
+# sqrt((eps_c - eps_min) / (1 - eps_min)): 0 for 1/64, 0.218 for 1/16, 0.488 for 1/4, 0.701 for 1/2, 1 for 1.
+EPS = {
+    "blocks.1.conv": [1, 1 / 64, 1, 1 / 16, 1 / 4, 1, 1 / 2, 1],
+    "blocks.2.conv": [1 / 2, 1, 1 / 64, 1, 1 / 16, 1 / 16, 1, 1 / 4],
+}
 
-    again = kse_sweep(net, volume, [0.3], INFERER, body, seed=3, random_draws=2)[0]
-    assert again["random_output_change_pct"] == rows[1]["random_output_change_pct"]  # reproducible by seed
-    assert again["kse_output_change_pct"] == rows[1]["kse_output_change_pct"]
-    other = kse_sweep(net, volume, [0.3], INFERER, body, seed=4, random_draws=2)[0]
-    assert other["random_output_change_pct"] != rows[1]["random_output_change_pct"]
+
+def kse_known_net():
+    torch.manual_seed(0)
+    net = DnCNN(features=8, num_layers=3)  # blocks.0.conv 3->8 (+bias), blocks.1.conv 8->8 + BN, blocks.2.conv 8->1
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, eps in EPS.items():
+            conv = net.get_submodule(name)
+            pattern = torch.randn(conv.weight.shape[0], 3, 3, generator=g)
+            for c, e in enumerate(eps):
+                conv.weight[:, c] = e * pattern
+        net.blocks[1].norm.running_mean.uniform_(-0.1, 0.1, generator=g)
+        net.blocks[1].norm.running_var.uniform_(0.5, 1.5, generator=g)
+    return net.eval()
+
+
+def slab_outputs(net, volume):
+    """The 2.5D network on every slice of ``volume [H, W, D]``, edge slices replicated: ``[H, W, D]``, float32."""
+    padded = torch.cat([volume[..., :1], volume, volume[..., -1:]], dim=-1)
+    slabs = torch.stack([padded[..., z : z + 3].permute(2, 0, 1) for z in range(volume.shape[-1])])  # [D, 3, H, W]
+    with torch.no_grad():
+        return net(slabs)[:, 0].permute(1, 2, 0)
+
+
+def without_columns(net, columns):
+    """A copy of ``net`` with input columns ``columns[conv name]`` of those convs zeroed."""
+    pruned = copy.deepcopy(net)
+    with torch.no_grad():
+        for name, cs in columns.items():
+            pruned.get_submodule(name).weight[:, list(cs)] = 0
+    return pruned
+
+
+def test_kse_sweep_against_known_scores_and_reproduced_controls():
+    net = kse_known_net()
+    g = torch.Generator().manual_seed(1)
+    volume = 1 + torch.rand(12, 12, 3, generator=g)
+    body = torch.zeros(12, 12, 3, dtype=torch.bool)
+    body[2:10, 1:11] = True
+    original = slab_outputs(net, volume)[body].double()
+
+    def change(pruned):
+        a = slab_outputs(pruned, volume)[body].double()
+        return 100 * float(torch.sqrt(torch.mean((a - original) ** 2)) / torch.sqrt(torch.mean(original**2)))
+
+    def score(e, eps):
+        return math.sqrt((e - min(eps)) / (1 - min(eps)))
+
+    thresholds, seed, draws = [0.0, 0.3, 0.6], 3, 2
+    rows = kse_sweep(net, volume, thresholds, INFERER, body, seed=seed, random_draws=draws)
+    assert [r["threshold"] for r in rows] == thresholds
+    # all conv parameters, weights and biases: blocks.0 (3->8, bias), blocks.1 (8->8), blocks.2 (8->1, bias)
+    total = (8 * 3 * 9 + 8) + 8 * 8 * 9 + (1 * 8 * 9 + 1)
+    expected_flagged = {0.0: (0, 0), 0.3: (2, 3), 0.6: (3, 4)}
+    for row, t in zip(rows, thresholds):
+        flagged = {name: [c for c, e in enumerate(eps) if score(e, eps) < t] for name, eps in EPS.items()}
+        assert tuple(len(f) for f in flagged.values()) == expected_flagged[t]  # the construction, checked
+        assert set(KSE_COLUMNS) <= set(row)
+        assert row["flagged_per_layer"] == {name: len(f) for name, f in flagged.items()}
+        assert row["flagged_channels"] == sum(map(len, flagged.values())) and row["total_channels"] == 16
+        # a dropped input column holds one 3x3 kernel per output channel of the conv that reads it
+        dropped = 100 * (len(flagged["blocks.1.conv"]) * 8 * 9 + len(flagged["blocks.2.conv"]) * 1 * 9) / total
+        assert row["dropped_params_pct"] == pytest.approx(dropped, rel=1e-12)
+        assert row["random_dropped_params_pct"] == pytest.approx(dropped, rel=1e-12)
+        assert row["kse_output_change_pct"] == pytest.approx(change(without_columns(net, flagged)), rel=1e-4, abs=1e-6)
+        # the random control, as documented: draw j zeroes, in each conv fed by a hidden conv (in network order), as
+        # many columns as KSE flagged there, drawn by numpy.random.default_rng([seed, j, round(1e6 t)])
+        controls = []
+        for j in range(draws):
+            rng = np.random.default_rng([seed, j, round(1e6 * t)])
+            drawn = {name: rng.choice(8, size=len(f), replace=False) for name, f in flagged.items()}
+            controls.append(change(without_columns(net, drawn)))
+        assert row["random_output_change_pct"] == pytest.approx(np.mean(controls), rel=1e-4, abs=1e-6)
+        assert row["random_output_change_pct_min"] == pytest.approx(min(controls), rel=1e-4, abs=1e-6)
+        assert row["random_output_change_pct_max"] == pytest.approx(max(controls), rel=1e-4, abs=1e-6)
+    assert rows[0]["kse_output_change_pct"] == 0.0 and rows[0]["random_output_change_pct"] == 0.0
+    assert rows[1]["random_output_change_pct_min"] < rows[1]["random_output_change_pct_max"]  # the draws differ
 
 
 def test_zero_random_kernels_and_histogram():

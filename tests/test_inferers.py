@@ -63,7 +63,10 @@ def test_slab5_multichannel_and_extra_args():
     with torch.no_grad():
         got = Slab25DInferer(slab=5, sw_batch_size=3)(x, network, 2.0, shift=1.0)
         expected = naive_loop(x, net, 5, -1) * 2.0 + 1.0
-    assert got.shape == (1, 3, 6, 5, 4) and torch.equal(got, expected)
+    # float64 as in the test above: 3 slabs per call against 1 may round differently (not bitwise), a wrong slab,
+    # channel order or extra argument errs by O(1)
+    assert got.shape == (1, 3, 6, 5, 4)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-14)
     assert calls == [3, 1]  # memory bounded: never more than sw_batch_size slabs per call
 
 
@@ -76,11 +79,59 @@ def test_metatensor_metadata_kept():
     torch.testing.assert_close(y.affine, aff)
 
 
-def test_devices_and_plain_tensor():
-    x = torch.rand(1, 1, 4, 4, 3)
+def device_recorder(net, seen):
+    """``net`` wrapped to record the device of every slab batch it receives."""
+
+    def network(slabs):
+        seen.append(slabs.device.type)
+        return net(slabs)
+
+    return network
+
+
+def test_sw_device_and_device_are_used():
+    """The CPU-only machine has one real device type, so the second one is 'meta' (shapes, no data): with a CPU input,
+    ``sw_device='meta'`` must hand the network meta slabs (a network on 'meta' fails on CPU slabs) and ``device`` must
+    allocate the output there (a CPU output cannot take a copy of meta data); ``device='meta'`` alone must leave the
+    network on the input's device and still put the output on 'meta'."""
+    x = torch.rand(2, 1, 4, 5, 3)
+    seen = []
     with torch.no_grad():
-        y = Slab25DInferer(sw_device="cpu", device="cpu")(x, small_net(dtype=torch.float32))
-    assert type(y) is torch.Tensor and y.device.type == "cpu"
+        y = Slab25DInferer(sw_device="meta", device="meta", sw_batch_size=2)(
+            x, device_recorder(small_net(dtype=torch.float32).to("meta"), seen)
+        )
+    assert seen == ["meta"] * 4  # 2 volumes x 2 chunks of slabs
+    assert y.device.type == "meta" and y.shape == x.shape and y.dtype == torch.float32
+
+    seen = []
+    with torch.no_grad():
+        y = Slab25DInferer(device=torch.device("meta"))(x, device_recorder(small_net(dtype=torch.float32), seen))
+    assert seen == ["cpu", "cpu"] and y.device.type == "meta" and y.shape == x.shape
+    # defaults: the input's device for both
+    seen = []
+    with torch.no_grad():
+        y = Slab25DInferer()(x, device_recorder(small_net(dtype=torch.float32), seen))
+    assert seen == ["cpu", "cpu"] and type(y) is torch.Tensor and y.device.type == "cpu"
+
+
+ACCELERATORS = [
+    d for d, available in (("cuda", torch.cuda.is_available()), ("mps", torch.backends.mps.is_available())) if available
+]
+
+
+@pytest.mark.skipif(not ACCELERATORS, reason="no CUDA or MPS device: the cross-device values need a second real device")
+@pytest.mark.parametrize("accelerator", ACCELERATORS or ["none"])
+def test_cross_device_values(accelerator):
+    """CPU volume, network on the accelerator, output back on the CPU (and the reverse): the values of the CPU loop."""
+    x = torch.rand(1, 1, 6, 5, 4)
+    net = small_net(dtype=torch.float32)
+    with torch.no_grad():
+        expected = naive_loop(x, net, 3, -1)
+        on_acc = Slab25DInferer(sw_device=accelerator, device="cpu", sw_batch_size=3)(x, net.to(accelerator))
+        back = Slab25DInferer(sw_device="cpu", device=accelerator)(x.to(accelerator), net.to("cpu"))
+    assert on_acc.device.type == "cpu" and back.device.type == accelerator
+    torch.testing.assert_close(on_acc, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(back.cpu(), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_errors():

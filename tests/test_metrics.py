@@ -110,6 +110,123 @@ def test_body_ssim_matches_monai_on_full_mask_and_identity():
     assert body_ssim(ref[0], ref[0], full[0], win_size=5) == pytest.approx(1.0)
 
 
+# ---------------------------------------------------------------- the slides' formulas, where the shortcuts differ
+# The hand-computed cases above have a reference that is uniform in the ROI and one std at every voxel, where the
+# slides' formulas coincide with plausible wrong ones (CoV from the mean variance, bias as the mean voxelwise relative
+# error). Below: a reference varying across the ROI and realisations whose std varies ~40-fold between voxels, against
+# the formulas written out with plain loops.
+
+
+def slides_bias(realizations, reference, roi):
+    """BIAS = 100 ((1/R) sum_r mu_r - T) / T, mu_r the ROI mean of realisation r, T the reference's ROI mean."""
+    inside = [i for i, v in enumerate(np.asarray(roi).ravel()) if v]
+    flat = [np.asarray(x, dtype=np.float64).ravel() for x in realizations]
+    mu = [sum(float(x[i]) for i in inside) / len(inside) for x in flat]
+    ref = np.asarray(reference, dtype=np.float64).ravel()
+    truth = sum(float(ref[i]) for i in inside) / len(inside)
+    return 100 * (sum(mu) / len(mu) - truth) / truth
+
+
+def slides_cov(realizations, roi, ddof=1):
+    """CoV = 100 ((1/N) sum_{i in B} sigma_i) / mean_B, sigma_i = sqrt(sum_r (x_ri - m_i)^2 / (R - ddof)), m_i the
+    ensemble mean at voxel i, mean_B the ROI mean of the ensemble-mean image."""
+    inside = [i for i, v in enumerate(np.asarray(roi).ravel()) if v]
+    flat = [np.asarray(x, dtype=np.float64).ravel() for x in realizations]
+    n_real = len(flat)
+    sigmas, means = [], []
+    for i in inside:
+        values = [float(x[i]) for x in flat]
+        m = sum(values) / n_real
+        sigmas.append(math.sqrt(sum((v - m) ** 2 for v in values) / (n_real - ddof)))
+        means.append(m)
+    return 100 * (sum(sigmas) / len(sigmas)) / (sum(means) / len(means))
+
+
+def heteroscedastic_study(seed, shape=(6, 5, 4), n_real=5):
+    """float32 ``realizations [R, *shape]``, ``reference``, lesion and liver masks: the reference ramps 1..9 across the
+    volume (non-uniform inside both ROIs), every voxel has an offset of 0.5 +- 0.3 in image units (so the relative
+    error is larger where the reference is low), and the noise std of voxel i is ``reference_i * s_i`` with s_i
+    spread over 0.01..0.6, so the per-voxel std varies strongly across each ROI."""
+    rng = np.random.default_rng(seed)
+    size = int(np.prod(shape))
+    reference = np.linspace(1.0, 9.0, size).reshape(shape)
+    scale = np.geomspace(0.01, 0.6, size)[rng.permutation(size)].reshape(shape)
+    offset = 0.5 + 0.3 * rng.standard_normal(shape)
+    realizations = (reference + offset + reference * scale * rng.standard_normal((n_real, *shape))).astype(np.float32)
+    lesion = rng.random(shape) < 0.3
+    liver = rng.random(shape) < 0.5
+    return realizations, reference.astype(np.float32), lesion, liver
+
+
+def test_study_data_tell_the_slides_formulas_from_the_shortcuts():
+    """Guard of the tests below: on these data the wrong formulas differ from the slides' by far more than the
+    tolerances used."""
+    for seed in (0, 1):
+        x, ref, lesion, liver = heteroscedastic_study(seed)
+        x64, r = x.astype(np.float64), ref.astype(np.float64)
+        voxelwise_bias = 100 * np.mean((x64[:, lesion] - r[lesion]) / r[lesion])
+        assert abs(voxelwise_bias - slides_bias(x, ref, lesion)) > 1.0  # percentage points
+        pooled_cov = 100 * np.sqrt(np.mean(x64[:, liver].var(axis=0, ddof=1))) / x64[:, liver].mean()
+        assert abs(pooled_cov / slides_cov(x, liver) - 1) > 0.05
+        assert abs(slides_cov(x, liver, ddof=0) / slides_cov(x, liver) - 1) > 0.05
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ensemble_functions_follow_the_slides(seed):
+    x, ref, lesion, liver = heteroscedastic_study(seed)
+    for convert in (lambda a: a, torch.from_numpy):  # numpy and float32 torch inputs
+        assert ensemble_bias(convert(x), convert(ref), convert(lesion)) == pytest.approx(
+            slides_bias(x, ref, lesion), rel=1e-12, abs=1e-12
+        )
+        for ddof in (0, 1, 2):
+            assert ensemble_cov(convert(x), convert(liver), ddof=ddof) == pytest.approx(
+                slides_cov(x, liver, ddof), rel=1e-12
+            )
+    assert ensemble_cov(x, liver) == pytest.approx(slides_cov(x, liver, 1), rel=1e-12)  # default ddof=1
+
+
+def test_ensemble_cumulative_metrics_and_handlers_follow_the_slides():
+    """Two studies through the MONAI Cumulative metrics (both y layouts) and the Ignite handlers: per-study values
+    and their mean are the slides' formulas."""
+    studies = [heteroscedastic_study(seed) for seed in (0, 1)]
+    y_pred = torch.from_numpy(np.stack([s[0] for s in studies]))  # [2, R, *spatial]
+    ref = torch.from_numpy(np.stack([s[1] for s in studies]))[:, None]
+    lesion = torch.from_numpy(np.stack([s[2] for s in studies]))[:, None]
+    liver = torch.from_numpy(np.stack([s[3] for s in studies]))[:, None]
+    biases = [slides_bias(x, r, m) for x, r, m, _ in studies]
+    covs = {ddof: [slides_cov(x, m, ddof) for x, _, _, m in studies] for ddof in (0, 1)}
+
+    bias = EnsembleBiasMetric()
+    bias(y_pred, torch.cat([ref, lesion.float()], dim=1))
+    bias(y_pred[1:], ref[1:], roi=lesion[1:])
+    assert bias.aggregate("none").flatten().tolist() == pytest.approx(biases + biases[1:], rel=1e-12)
+    # aggregate(): MONAI's do_metric_reduction averages in float32
+    assert bias.aggregate().item() == pytest.approx((biases[0] + 2 * biases[1]) / 3, rel=1e-6)
+    for ddof in (0, 1):
+        cov = EnsembleCoVMetric(ddof=ddof)
+        cov(y_pred, liver.float())
+        cov(y_pred[:1], roi=liver[:1])
+        assert cov.aggregate("none").flatten().tolist() == pytest.approx(covs[ddof] + covs[ddof][:1], rel=1e-12)
+        assert cov.aggregate().item() == pytest.approx((2 * covs[ddof][0] + covs[ddof][1]) / 3, rel=1e-6)
+
+    def step(engine, i):
+        return {"x": y_pred[i : i + 1], "ref": ref[i : i + 1], "lesion": lesion[i : i + 1].float(),
+                "liver": liver[i : i + 1].float()}  # fmt: skip
+
+    engine = Engine(step)
+    EnsembleBiasHandler(output_transform=lambda o: (o["x"], torch.cat([o["ref"], o["lesion"]], 1))).attach(
+        engine, "lesion_bias"
+    )
+    EnsembleCoVHandler(output_transform=lambda o: (o["x"], o["liver"])).attach(engine, "liver_cov")
+    EnsembleCoVHandler(ddof=0, output_transform=lambda o: (o["x"], o["liver"])).attach(engine, "liver_cov_ddof0")
+    engine.run([0, 1], max_epochs=1)
+    assert engine.state.metric_details["lesion_bias"].flatten().tolist() == pytest.approx(biases, rel=1e-12)
+    assert engine.state.metrics["lesion_bias"] == pytest.approx(sum(biases) / 2, rel=1e-6)
+    assert engine.state.metric_details["liver_cov"].flatten().tolist() == pytest.approx(covs[1], rel=1e-12)
+    assert engine.state.metrics["liver_cov"] == pytest.approx(sum(covs[1]) / 2, rel=1e-6)
+    assert engine.state.metrics["liver_cov_ddof0"] == pytest.approx(sum(covs[0]) / 2, rel=1e-6)
+
+
 @pytest.mark.parametrize(
     "call, match",
     [

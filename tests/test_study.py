@@ -1,13 +1,19 @@
-"""The reproduction study (study/run_study.py, study/report.py) end to end on the tiny profile: the CI smoke run."""
+"""The reproduction study (study/run_study.py, study/report/) end to end on the tiny profile: the CI smoke run."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from ._bitwise import CHILD_RUNS_EXACT, assert_same_weights
 
 STUDY = Path(__file__).resolve().parents[1] / "study"
 sys.path.insert(0, str(STUDY))
@@ -16,17 +22,215 @@ import report  # noqa: E402
 import run_study  # noqa: E402
 
 FIGURES = ["fig4_kse_threshold.png", "kse_distribution.png", "loss_curves.png", "fig5_finetune.png", "fig6_online.png"]
+SEED = 0  # the seed of the tiny study run below
+LOW, HIGH = "test_low_bmi_lesion", "test_high_bmi"  # the tiny cohort's test studies
+#: the paper's numbers the report prints beside the run's (paper Section 4 and Table 1): the only table cells that do
+#: not come from the run's files
+PAPER_FLAGGED_PCT = {0.3: "51.4", 0.4: "51.6", 0.5: "53.0", 0.6: "67.3"}
+PAPER_ROWS = {"paper: lesion bias (%)": {"v1-net": "-6.30", "v2-net": "-4.07", "FT-net": "-4.71", "TGD-net": "-3.77"},
+              "paper: liver CoV (%)": {"v1-net": "6.02", "v2-net": "8.56", "FT-net": "7.87", "TGD-net": "6.46"}}
 
 
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
     pytest.importorskip("matplotlib")
     work = tmp_path_factory.mktemp("study")
-    results = run_study.run_study("tiny", work / "work", work / "docs", seeds=[0], workers=2)
+    results = run_study.run_study("tiny", work / "work", work / "docs", seeds=[SEED], workers=2)
     return work / "work", results
 
 
+# ---- the report's tables, recomputed from the run's files ------------------------------------------------------
+
+
+@dataclass
+class Table:
+    label: str  # the last non-empty line above the table: its bold caption or the paragraph introducing it
+    header: list[str]
+    rows: list[list[str]]
+
+
+def markdown_tables(text: str) -> list[Table]:
+    lines = text.splitlines()
+    tables, i = [], 0
+    while i < len(lines):
+        if lines[i].startswith("| ") and i + 1 < len(lines) and re.fullmatch(r"(\|---)+\|", lines[i + 1]):
+            j = i + 2
+            while j < len(lines) and lines[j].startswith("| "):
+                j += 1
+            label = next(line for line in reversed(lines[:i]) if line.strip())
+            tables.append(Table(label, _cells(lines[i]), [_cells(line) for line in lines[i + 2 : j]]))
+            i = j
+        else:
+            i += 1
+    return tables
+
+
+def _cells(line: str) -> list[str]:
+    # cells are separated by " | "; a cell may hold bars without spaces around them ("|weight|")
+    return [c.strip() for c in line.strip()[1:-1].strip().split(" | ")]
+
+
+def _read(path: Path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def num(value, digits: int) -> str:
+    """A number as the report writes it (one seed: the value; missing: n/a)."""
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def v2_time_to(curve: list[dict], loss: float) -> float:
+    """Training seconds at which a loss curve first reaches ``loss``, linear between its validations; NaN if never."""
+    for k, record in enumerate(curve):
+        value, seconds = record["metrics"]["val_loss"], record["train_seconds"]
+        if value <= loss:
+            if k == 0:
+                return float(seconds)
+            before = curve[k - 1]
+            v0, t0 = before["metrics"]["val_loss"], before["train_seconds"]
+            return t0 + (seconds - t0) * (v0 - loss) / (v0 - value)
+    return math.nan
+
+
+def stage_group(name: str) -> str:
+    """The run-time table's row of a stage: per-seed stages summed over seeds, online and OOD stages together."""
+    base = re.sub(r"_s\d+$", "", name)
+    return "online N2N" if base.startswith("n2n_") else "evaluate OOD" if base.startswith("ood_") else base
+
+
+class RunFiles:
+    """What every table of the report is made of, read from the run's own files."""
+
+    def __init__(self, work: Path) -> None:
+        import torch
+
+        runs = work / "runs"
+        self.evals, self.ood = {}, {}
+        for name in ("eval_shared", f"eval_s{SEED}"):
+            for row in _read(runs / name / "evaluation.json")["rows"]:
+                key = (row["study"], row["recon"], row["network"])
+                assert key not in self.evals
+                self.evals[key] = row
+        self.tuned = list(_read(runs / f"eval_s{SEED}" / "evaluation.json")["networks"])  # FT-net, TGD-net, ablations
+        for path in sorted(runs.glob("ood_*/evaluation_ood.json")):
+            for row in _read(path)["rows"]:
+                assert (row["study"], row["network"]) not in self.ood
+                self.ood[(row["study"], row["network"])] = row
+        self.sweeps = {name: _read(runs / name / "kse_sweep.json") for name in ("kse_sweep", "kse_sweep_no_wd")}
+        self.curves = {run: _read(runs / run / "loss_curve.json")["records"]
+                       for run in ("v2", f"tgd_s{SEED}", f"ft_s{SEED}")}
+        self.masks = _read(runs / f"tgd_s{SEED}" / "tgd_masks.json")["retrained_channels"]
+        self.v1 = torch.load(work / "models" / "model_v1.pt", map_location="cpu", weights_only=True)
+        self.stages, self.invocations = _read(work / "stages.json"), _read(work / "invocations.json")
+
+    # one method per kind of table; each checks every cell and that no row is missing
+    def sweep(self, t: Table) -> None:
+        sweep = self.sweeps["kse_sweep_no_wd" if "`v1_no_wd`" in t.label else "kse_sweep"]
+        assert [float(row[0]) for row in t.rows] == [r["threshold"] for r in sweep["rows"]]
+        for row, r in zip(t.rows, sweep["rows"]):
+            assert row[1:] == [
+                f"{r['flagged_channels']} / {r['total_channels']}", f"{r['dropped_params_pct']:.1f}",
+                PAPER_FLAGGED_PCT[r["threshold"]], f"{r['kse_output_change_pct']:.2f}",
+                f"{r['random_output_change_pct']:.2f} [{r['random_output_change_pct_min']:.2f}, "
+                f"{r['random_output_change_pct_max']:.2f}]",
+            ], row  # fmt: skip
+
+    def table1(self, t: Table) -> tuple:
+        study, recon = re.fullmatch(r"\*\*(\S+) \((v\d)\)\*\*", t.label).groups()
+        metrics = {"lesion bias vs 600 s (%)": ("liver_lesion_bias_ref_pct", 2),
+                   "lesion bias vs truth (%)": ("liver_lesion_bias_truth_pct", 2),
+                   "liver CoV (%)": ("liver_cov_pct", 2), "body RMSE vs 600 s (SUV)": ("rmse_body_ref", 4)}
+        baseline = next(n for (s, r, n), row in self.evals.items() if (s, r) == (study, recon) and row["baseline"])
+        assert t.header[1:] == [baseline, "v1-net", "v2-net", "FT-net", "TGD-net"]
+        for row in t.rows:
+            if row[0] in PAPER_ROWS:
+                assert row[1:] == [""] + [PAPER_ROWS[row[0]][n] for n in t.header[2:]], row
+            else:
+                key, digits = metrics[row[0]]
+                assert row[1:] == [num(self.evals[(study, recon, n)][key], digits) for n in t.header[1:]], row
+        assert set(metrics) <= {row[0] for row in t.rows}
+        return study, recon
+
+    def forgetting(self, t: Table) -> tuple:
+        study, recon = re.fullmatch(r"\*\*(\S+) \((v\d)\)\*\*", t.label).groups()
+        keys = [("liver_lesion_bias_ref_pct", 2), ("liver_cov_pct", 2), ("rmse_body_ref", 4)]
+        base = self.evals[(study, recon, "v1-net")]
+        assert sorted(row[0] for row in t.rows) == sorted(["v1-net", *self.tuned])
+        for row in t.rows:
+            r = self.evals[(study, recon, row[0])]
+            expected = [num(r[k], d) if row[0] == "v1-net" else f"{num(r[k], d)} ({r[k] - base[k]:+.{d}f})"
+                        for k, d in keys]  # fmt: skip
+            assert row[1:] == expected, row
+        return study, recon
+
+    def cost(self, t: Table) -> None:
+        v2 = self.curves["v2"]
+        assert sorted(row[0] for row in t.rows) == sorted(f"{n}, seed {SEED}" for n in ("TGD-net", "FT-net"))
+        for row in t.rows:
+            curve = self.curves[{"TGD-net": "tgd", "FT-net": "ft"}[row[0].split(",")[0]] + f"_s{SEED}"]
+            final, seconds = curve[-1]["metrics"]["val_loss"], curve[-1]["train_seconds"]
+            scratch = v2_time_to(v2, final)
+            reached = ("at initialisation" if scratch == 0 else f"{scratch:.1f}" if math.isfinite(scratch)
+                       else f"not reached in {v2[-1]['train_seconds']:.0f}")  # fmt: skip
+            saved = 100 * (1 - seconds / scratch) if math.isfinite(scratch) and scratch > 0 else math.nan
+            assert row[1:] == [f"{curve[0]['metrics']['val_loss']:.5f}", f"{final:.5f}", f"{seconds:.1f}", reached,
+                               num(saved, 1)], row  # fmt: skip
+
+    def online(self, t: Table) -> str:
+        study, voxels = re.fullmatch(r"\*\*(\S+)\*\* \((\d+) voxels in the OOD ROI\)", t.label).groups()
+        keys = [("ood_rmse_ref", 4), ("ood_mae_ref", 4), ("ood_bias_ref_pct", 2), ("liver_pixel_cov_pct", 2)]
+        assert sorted(row[0] for row in t.rows) == sorted(n for s, n in self.ood if s == study)
+        for row in t.rows:
+            r = self.ood[(study, row[0])]
+            assert r["ood_voxels"] == int(voxels) and row[1:] == [num(r[k], d) for k, d in keys], row
+        return study
+
+    def ablation(self, t: Table) -> None:
+        columns = {"v2 low BMI: lesion bias (%)": (LOW, "v2", "liver_lesion_bias_ref_pct", 2),
+                   "v2 low BMI: liver CoV (%)": (LOW, "v2", "liver_cov_pct", 2),
+                   "v2 high BMI: liver CoV (%)": (HIGH, "v2", "liver_cov_pct", 2),
+                   "v1 low BMI: liver CoV (%)": (LOW, "v1", "liver_cov_pct", 2),
+                   "v1 low BMI: body RMSE (SUV)": (LOW, "v1", "rmse_body_ref", 4)}
+        assert t.header[1:] == list(columns)
+        assert sorted(row[0] for row in t.rows) == sorted(n for n in self.tuned if n != "FT-net")
+        for row in t.rows:
+            assert row[1:] == [num(self.evals[(s, r, row[0])][k], d) for s, r, k, d in columns.values()], row
+
+    def hidden_convs(self, t: Table) -> None:
+        layers = sum(1 for k in self.v1 if re.fullmatch(r"blocks\.\d+\.conv\.weight", k))
+        assert [row[0] for row in t.rows] == [f"blocks.{i}.conv" for i in range(layers - 1)]
+        for i, row in enumerate(t.rows):
+            reader, retrained = f"blocks.{i + 1}.conv", self.masks[row[0]]
+            weight = self.v1[f"{reader}.weight"].abs().double()
+            share = float(weight[:, retrained].sum() / weight.sum())
+            assert row[1:] == [reader + (" (output conv)" if i + 1 == layers - 1 else ""),
+                               f"{100 * len(retrained) / self.v1[f'{row[0]}.weight'].shape[0]:.1f}",
+                               f"{100 * share:.2f}"], row  # fmt: skip
+
+    def kse_histogram(self, t: Table) -> None:
+        hist = self.sweeps["kse_sweep"]["histogram"]
+        edges = hist["bin_edges"]
+        assert t.header[1:] == [f"[{a:.1f}, {b:.1f})" for a, b in zip(edges, edges[1:])]
+        assert {row[0]: row[1:] for row in t.rows} == {k: [str(c) for c in v] for k, v in hist["per_layer"].items()}
+
+    def invocations_table(self, t: Table) -> None:
+        assert t.rows == [[i["started"], f"{i['seconds'] / 60:.1f}", str(i["workers"]), str(i["stages_run"]),
+                           str(i["stages_reused"])] for i in self.invocations if i["stages_run"]]  # fmt: skip
+
+    def stage_seconds(self, t: Table) -> None:
+        groups: dict[str, float] = {}
+        for name, record in self.stages.items():
+            groups[stage_group(name)] = groups.get(stage_group(name), 0.0) + record["seconds"]
+        cells = {row[0]: row[1] for row in t.rows}
+        assert sorted(cells) == sorted(groups)
+        for name, seconds in groups.items():  # whole seconds of a sum: the summation order may move a .5 either way
+            assert re.fullmatch(r"\d+", cells[name]) and abs(int(cells[name]) - seconds) <= 0.5 + 1e-6, name
+
+
 def test_report_and_figures_come_from_the_run(tiny_study):
+    """Every cell of every table in results.md equals the value recomputed here from the run's files (evaluation
+    JSONs, KSE sweeps, loss curves, TGD masks, the v1-net checkpoint, stages.json, invocations.json) with the report's
+    rounding, but the paper's numbers printed beside them; every figure is there."""
     work, results = tiny_study
     text = results.read_text(encoding="utf-8")
     for name in FIGURES:
@@ -36,13 +240,24 @@ def test_report_and_figures_come_from_the_run(tiny_study):
     for heading in ("## 1. Threshold study", "## 2. Fine-tuning", "## 3. Forgetting", "## 4. Cost",
                     "## 5. Online learning", "## 6. Ablations"):  # fmt: skip
         assert heading in text
-    # a Table 1 cell and a Fig. 4 cell, recomputed here from the run's own files
-    rows = json.loads((work / "runs" / "eval_s0" / "evaluation.json").read_text())["rows"]
-    tgd = next(r for r in rows if (r["study"], r["recon"], r["network"]) == (report.LOW, "v2", "TGD-net"))
-    line = next(x for x in text.splitlines() if x.startswith("| lesion bias vs 600 s (%) |"))
-    assert line.split(" | ")[-1].rstrip(" |") == f"{tgd['liver_lesion_bias_ref_pct']:.2f}"
-    sweep = json.loads((work / "runs" / "kse_sweep" / "kse_sweep.json").read_text())["rows"][0]
-    assert f"| 0.3 | {sweep['flagged_channels']} / {sweep['total_channels']} | {sweep['dropped_params_pct']:.1f} |" in text
+
+    files = RunFiles(work)
+    seen: dict[str, list] = {}
+    for t in markdown_tables(text):
+        assert all(len(row) == len(t.header) for row in t.rows), t.header
+        first, second = t.header[0], t.header[1]
+        kind = {"φ": "sweep", "metric": "table1", "run": "cost", "variant": "ablation", "hidden conv": "hidden_convs",
+                "layer": "kse_histogram", "started": "invocations_table", "stage": "stage_seconds"}.get(first)
+        if first == "network":
+            kind = "online" if second.startswith("OOD RMSE") else "forgetting"
+        assert kind is not None, f"a table this test does not check: {t.header}"
+        seen.setdefault(kind, []).append(getattr(files, kind)(t))
+    assert len(seen["sweep"]) == 2 and sorted(seen["table1"]) == [(HIGH, "v2"), (LOW, "v2")]
+    assert sorted(seen["forgetting"]) == [(HIGH, "v1"), (HIGH, "v2"), (LOW, "v1")]
+    assert sorted(seen["online"]) == sorted({s for s, _ in files.ood})
+    assert all(len(seen[k]) == 1 for k in ("cost", "ablation", "hidden_convs", "kse_histogram", "invocations_table",
+                                           "stage_seconds"))  # fmt: skip
+
     # every stage's exact command is in its log, so it can be rerun by hand
     log = (work / "logs" / "tgd_s0.log").read_text(encoding="utf-8")
     assert log.startswith("$ ") and "-m monai.bundle run" in log.splitlines()[0] and "configs/tgd_s0.json" in log
@@ -58,21 +273,58 @@ def test_second_run_reuses_every_stage(tiny_study, capsys):
 
 
 def test_cut_off_training_resumes_from_its_checkpoint(tiny_study):
-    """A training stage whose final model is missing but whose epoch checkpoint exists (an interrupted run) resumes
-    from that checkpoint instead of starting again, and ends with the same weights."""
+    """A training stage cut off after epoch 1 of 3 (its epoch-1 checkpoint written, no final model) resumes from that
+    checkpoint: the resumed process restores it, trains epochs 2-3 only, carries the loss curve on, and ends with the
+    uninterrupted run's weights (bit for bit where the stages can be deterministic: see tests/_bitwise.py)."""
     import torch
 
     work, results = tiny_study
-    final = work / "models" / "model_ft_s0.pt"
+    run_dir, final, log = work / "runs" / "ft_s0", work / "models" / "model_ft_s0.pt", work / "logs" / "ft_s0.log"
     weights = torch.load(final, weights_only=True)
+    curve = _read(run_dir / "loss_curve.json")["records"]
+    threads = _read(work / "stages.json")["ft_s0"]["threads"]
+    assert run_study.PROFILES["tiny"]["finetune_epochs"] == 3 and [r["epoch"] for r in curve] == [0, 1, 2, 3]
+
+    # the interrupted run: the stage's command and settings in a fresh run folder (as the study starts one), stopped
+    # after epoch 1's checkpoint (epochs=1) and without its final model
+    study = run_study.Study("tiny", work, [SEED])
+    study.prepare()
+    stage = next(s for s in study.stages() if s.name == "ft_s0")
+    config = work / "cut" / "ft_s0.json"
+    config.parent.mkdir()
+    config.write_text(json.dumps({**_read(work / "configs" / "ft_s0.json"), "epochs": 1,
+                                  "final_model": str(work / "cut" / "model.pt")}))  # fmt: skip
+    for path in run_dir.iterdir():
+        if path.name != "stage.json":  # the study's record of the settings the folder was started with
+            path.unlink()
     final.unlink()
-    run_study.run_study("tiny", work, results.parent, seeds=[0], workers=2)
-    stages = json.loads((work / "stages.json").read_text())
-    assert stages["ft_s0"]["resumed_from_epoch"] == run_study.PROFILES["tiny"]["finetune_epochs"]
-    resumed = torch.load(final, weights_only=True)
-    assert all(torch.equal(weights[k], resumed[k]) for k in weights)
-    log = (work / "logs" / "ft_s0.log").read_text(encoding="utf-8")
-    assert log.count("\n$ ") + log.startswith("$ ") == 2  # the first run's log is kept, the resumed run appended
+    command = study.command(stage, config)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    with open(log, "w", encoding="utf-8") as f:
+        f.write("$ " + " ".join(command) + "\n\n")
+        f.flush()
+        code = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, cwd=run_study.BUNDLE, env=env).returncode
+    assert code == 0, f"the cut-off run failed; see {log}"
+    assert sorted(p.name for p in run_dir.glob("checkpoint_epoch=*.pt")) == ["checkpoint_epoch=1.pt"]
+    cut_log, cut_curve = log.read_text(encoding="utf-8"), _read(run_dir / "loss_curve.json")["records"]
+
+    run_study.run_study("tiny", work, results.parent, seeds=[SEED], workers=2)
+    assert _read(work / "stages.json")["ft_s0"]["resumed_from_epoch"] == 1
+    text = log.read_text(encoding="utf-8")
+    assert text.startswith(cut_log)  # the interrupted run's log is kept, the resumed run's appended
+    resumed = text[len(cut_log) :]
+    assert resumed.startswith("$ ") and resumed.count("\n$ ") == 0
+    assert f"Restored all variables from {run_dir / 'checkpoint_epoch=1.pt'}" in resumed
+    trained = [int(e) for e in re.findall(r"SupervisedTrainer\b.*\bEpoch\[(\d+)\] Complete", resumed)]
+    assert trained == [2, 3]  # a run started from scratch would train epoch 1 again
+
+    assert_same_weights(weights, torch.load(final, weights_only=True), exact=CHILD_RUNS_EXACT)
+    records = _read(run_dir / "loss_curve.json")["records"]
+    assert records[:2] == cut_curve  # epochs 0-1 restored with the checkpoint (their clock too), not measured again
+    assert [(r["epoch"], r["iteration"]) for r in records] == [(r["epoch"], r["iteration"]) for r in curve]
+    losses = [r["metrics"]["val_loss"] for r in records]
+    assert losses == ([r["metrics"]["val_loss"] for r in curve] if CHILD_RUNS_EXACT else
+                      pytest.approx([r["metrics"]["val_loss"] for r in curve], rel=1e-4))  # fmt: skip
 
 
 def test_changed_settings_rerun_the_stage_and_what_depends_on_it(tiny_study):

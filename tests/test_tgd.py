@@ -9,6 +9,8 @@ from monai_tgd.kse import kse_scores
 from monai_tgd.networks import DnCNN
 from monai_tgd.tgd import TGD, conv_chain, drop_redundant, kse_masks, mask_summary
 
+from .conftest import OUTPUT_CONV, assert_frozen_rows_kept, tgd_frozen_rows
+
 HIDDEN = [f"blocks.{i}.conv" for i in range(3)]
 
 
@@ -208,41 +210,63 @@ OPTIMIZERS = {
 }
 
 
+def snapshot(net):
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
 @pytest.mark.parametrize("mode", ["activation", "parameter"])
 @pytest.mark.parametrize("make_optimizer", OPTIMIZERS.values(), ids=OPTIMIZERS.keys())
 def test_frozen_rows_bit_identical_retrained_rows_change(mode, make_optimizer):
+    """The TGD guarantee holds after EVERY optimizer step, not only once ``remove()`` has copied the frozen rows back:
+    an intermediate checkpoint or a validation during training sees the network as it is between steps.
+
+    After each backward, the frozen rows' parameter gradients are exactly zero; after each ``opt.step()``, the frozen
+    rows of the hidden convs and their BNs (weights, biases and, ``bn_stats="freeze"`` being the default, running
+    mean/var) and the whole output conv equal their values at install, bit for bit, whatever the optimizer does with
+    weight decay, momentum or a resumed state. Before ``remove()``, every retrained row of every masked tensor moved.
+    """
     net = small_net()
     opt = make_optimizer(net)
     masks = kse_masks(net, 0.3)
-    before = {k: v.clone() for k, v in net.state_dict().items()}
+    before = snapshot(net)
+    frozen_params = {k: f for k, f in tgd_frozen_rows(before, masks).items() if k in dict(net.named_parameters())}
+    output_params = [p for n, p in net.named_parameters() if n.startswith(f"{OUTPUT_CONV}.")]
     with TGD(net, masks, mode=mode):
         for step in range(6):
             opt.zero_grad()
             loss_of(net, step).backward()
+            params = dict(net.named_parameters())
+            for name, frozen in frozen_params.items():
+                assert not params[name].grad[frozen].any(), f"step {step}: frozen rows of {name} got a gradient"
+            assert all(not p.grad.any() for p in output_params), f"step {step}: the output conv got a gradient"
             opt.step()
-    after = net.state_dict()
-    for name, frozen in rows_of(net, masks):
-        assert torch.equal(after[name][frozen], before[name][frozen]), name
-        if (~frozen).any():
-            assert not torch.equal(after[name][~frozen], before[name][~frozen]), name
+            assert_frozen_rows_kept(before, net.state_dict(), masks, where=f"{mode}, after step {step}")
+        after = net.state_dict()
+        for name, frozen in tgd_frozen_rows(before, masks).items():
+            retrain = ~frozen
+            moved = (after[name][retrain] != before[name][retrain]).reshape(int(retrain.sum()), -1).any(dim=1)
+            assert moved.all(), f"retrained rows {retrain.nonzero().flatten()[~moved].tolist()} of {name} did not move"
 
 
 @pytest.mark.parametrize("bn_stats, frozen_stats_equal", [("update", False), ("freeze", True)])
 def test_bn_running_statistics(bn_stats, frozen_stats_equal):
+    """BN running mean/var of frozen channels stay at their install values after every step with
+    ``bn_stats="freeze"`` and follow the data with ``"update"``; retrained channels' statistics always update."""
     net = small_net()
     masks = half_masks(net)
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    before = {k: v.clone() for k, v in net.state_dict().items()}
+    before = snapshot(net)
     with TGD(net, masks, bn_stats=bn_stats):
         for step in range(3):
             opt.zero_grad()
             loss_of(net, step).backward()
             opt.step()
-    for i in (1, 2):
-        for stat in ("running_mean", "running_var"):
-            key, frozen = f"blocks.{i}.norm.{stat}", ~masks[f"blocks.{i}.conv"]
-            assert torch.equal(net.state_dict()[key][frozen], before[key][frozen]) == frozen_stats_equal
-            assert not torch.equal(net.state_dict()[key][~frozen], before[key][~frozen])
+            for i in (1, 2):  # checked after each step, before remove() restores anything
+                for stat in ("running_mean", "running_var"):
+                    key, frozen = f"blocks.{i}.norm.{stat}", ~masks[f"blocks.{i}.conv"]
+                    now = net.state_dict()[key]
+                    assert torch.equal(now[frozen], before[key][frozen]) == frozen_stats_equal, (key, step)
+                    assert not torch.equal(now[~frozen], before[key][~frozen]), (key, step)
 
 
 def test_state_dict_keys_unchanged_and_remove_restores_plain_training():
@@ -268,18 +292,19 @@ def test_state_dict_keys_unchanged_and_remove_restores_plain_training():
 
 
 def test_tgd_twice():
+    """TGD^2: a second TGD with masks from the fine-tuned weights keeps ITS frozen rows (values at the second
+    install) after every step."""
     net = small_net()
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     for threshold in (0.3, 0.4):  # TGD^2: new masks from the fine-tuned weights
         masks = kse_masks(net, threshold)
-        before = {k: v.clone() for k, v in net.state_dict().items()}
+        before = snapshot(net)
         with TGD(net, masks):
             for step in range(3):
                 opt.zero_grad()
                 loss_of(net, step).backward()
                 opt.step()
-        for name, frozen in rows_of(net, masks):
-            assert torch.equal(net.state_dict()[name][frozen], before[name][frozen])
+                assert_frozen_rows_kept(before, net.state_dict(), masks, where=f"threshold {threshold}, step {step}")
 
 
 def test_freeze_output_false_trains_output_conv():

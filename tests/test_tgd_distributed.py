@@ -1,8 +1,10 @@
 """TGD under DistributedDataParallel (2 CPU processes, gloo) and under CPU autocast + GradScaler.
 
-What must hold in both settings: the frozen rows of every hidden conv (weight, bias) and of its BN (weight, bias),
-and the whole output conv, stay bit-identical to their values at install; retrained rows move; under DDP both ranks
-end with identical parameters although each rank sees different data.
+What must hold in both settings, after EVERY optimizer step (checked there, before ``TGD.remove()`` copies the frozen
+rows back once more): the frozen rows of every hidden conv (weight, bias), of its BN (weight, bias and, with
+``bn_stats="freeze"``, running mean/var), and the whole output conv are bit-identical to their values at install. By
+the end every retrained row moved, and under DDP both ranks hold identical parameters although each rank sees
+different data.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from monai_tgd.networks import DnCNN
 from monai_tgd.tgd import TGD, conv_chain
+
+from .conftest import assert_frozen_rows_kept, tgd_frozen_rows
 
 WORLD_SIZE = 2
 FEATURES, LAYERS = 8, 4
@@ -50,34 +54,15 @@ def _batch(gen: torch.Generator, batch: int = 4, size: int = 16) -> tuple[torch.
     return x, x[:, 1:2] * 0.5 + 0.1 * torch.randn(batch, 1, size, size, generator=gen)
 
 
-def _check_frozen(net: torch.nn.Module, initial: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
-                  bn_stats: str, where: str) -> None:  # fmt: skip
-    """Frozen rows bit-identical, retrained rows changed; raises AssertionError naming the tensor."""
-    chain = conv_chain(net)
-    assert chain.hidden and chain.outputs, f"{where}: unexpected conv chain {chain}"
-    for h in chain.hidden:
-        retrain = masks[h.name]
-        frozen = ~retrain
-        tensors = [(f"{h.name}.{n}", p) for n, p in h.conv.named_parameters(recurse=False)]
-        if h.norm is not None:
-            tensors += [(f"{h.norm_name}.{n}", p) for n, p in h.norm.named_parameters(recurse=False)]
-        for name, p in tensors:
-            before, after = initial[name], p.detach()
-            assert torch.equal(after[frozen], before[frozen]), (
-                f"{where}: frozen rows of {name} changed, max abs change "
-                f"{(after[frozen] - before[frozen]).abs().max().item():.3e}"
-            )
-            moved = (after[retrain] != before[retrain]).reshape(int(retrain.sum()), -1).any(dim=1)
-            assert moved.all(), f"{where}: retrained rows {retrain.nonzero().flatten()[~moved].tolist()} of {name} did not change"
-        if h.norm is not None and bn_stats == "freeze":
-            for stat in ("running_mean", "running_var"):
-                name = f"{h.norm_name}.{stat}"
-                after, before = getattr(h.norm, stat), initial[name]
-                assert torch.equal(after[frozen], before[frozen]), f"{where}: frozen rows of {name} changed"
-                assert not torch.equal(after[retrain], before[retrain]), f"{where}: {name} of retrained rows did not update"
-    for name, conv in chain.outputs:
-        for n, p in conv.named_parameters(recurse=False):
-            assert torch.equal(p.detach(), initial[f"{name}.{n}"]), f"{where}: output conv {name}.{n} changed"
+def _check_retrained_moved(current: dict[str, torch.Tensor], initial: dict[str, torch.Tensor],
+                           masks: dict[str, torch.Tensor], bn_stats: str, where: str) -> None:  # fmt: skip
+    """Every retrained row of every masked tensor (BN running stats too with ``bn_stats="freeze"``) changed."""
+    for name, frozen in tgd_frozen_rows(initial, masks, bn_stats).items():
+        if name not in current:  # the DDP ranks save parameters only
+            continue
+        retrain = ~frozen
+        moved = (current[name][retrain] != initial[name][retrain]).reshape(int(retrain.sum()), -1).any(dim=1)
+        assert moved.all(), f"{where}: retrained rows {retrain.nonzero().flatten()[~moved].tolist()} of {name} did not change"
 
 
 # ------------------------------------------------------------------------------------------------------------ DDP
@@ -98,14 +83,16 @@ def _ddp_worker(rank: int, init_method: str, mode: str, out_dir: str) -> None:
             try:
                 opt = make_opt(ddp.parameters())
                 gen = torch.Generator().manual_seed(1000 + rank)  # different data per rank
-                for _ in range(STEPS):
+                for step in range(STEPS):
                     x, y = _batch(gen)
                     opt.zero_grad()
                     F.mse_loss(ddp(x), y).backward()
                     opt.step()
+                    # The guarantee right after the step, on this rank, while TGD is installed.
+                    assert_frozen_rows_kept(initial, net.state_dict(), masks, bn_stats, where=f"{where}, step {step}")
+                _check_retrained_moved(net.state_dict(), initial, masks, bn_stats, where)
             finally:
                 tgd.remove()
-            _check_frozen(net, initial, masks, bn_stats, where)
 
             # Both ranks must hold the same parameters (DDP averages the masked gradients; TGD restores the same rows).
             flat = torch.cat([p.detach().flatten() for p in net.parameters()])
@@ -161,9 +148,10 @@ def test_tgd_ddp_two_ranks(tmp_path, mode):
         assert saved[0].keys() == saved[1].keys() == dict(reference.named_parameters()).keys()
         for name in saved[0]:
             assert torch.equal(saved[0][name], saved[1][name]), f"{opt_name}: {name} differs between ranks"
-        # The same checks in the parent, on what the ranks saved, against weights built independently here.
-        reference.load_state_dict(saved[0], strict=False)
-        _check_frozen(reference, initial, masks, "update", f"parent, mode={mode}, {opt_name}")
+        # The same checks in the parent, on the parameters the ranks saved, against weights built independently here.
+        where = f"parent, mode={mode}, {opt_name}"
+        assert_frozen_rows_kept(initial, saved[0], masks, "update", where=where)
+        _check_retrained_moved(saved[0], initial, masks, "update", where)
 
 
 # ------------------------------------------------------------------------------------------------------------ AMP
@@ -188,7 +176,7 @@ def test_tgd_cpu_autocast_bf16_grad_scaler(mode):
     handles = [m.register_forward_hook(lambda m, i, o: conv_out_dtypes.add(o.dtype))
                for m in net.modules() if isinstance(m, torch.nn.Conv2d)]  # fmt: skip
     with TGD(net, masks, mode=mode, bn_stats="freeze"):
-        for _ in range(STEPS):
+        for step in range(STEPS):
             x, y = _batch(gen)
             opt.zero_grad()
             with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -198,9 +186,12 @@ def test_tgd_cpu_autocast_bf16_grad_scaler(mode):
                 assert p.grad is None or p.grad.dtype == p.dtype, f"{n}: grad dtype {p.grad.dtype} != {p.dtype}"
             scaler.step(opt)
             scaler.update()
+            assert scaler.get_scale() >= 2.0**8, f"GradScaler found inf/NaN gradients and skipped step {step}"
+            # The guarantee right after the (scaled) step, while TGD is installed.
+            where = f"autocast bf16, mode={mode}, step {step}"
+            assert_frozen_rows_kept(initial, net.state_dict(), masks, "freeze", where=where)
+        _check_retrained_moved(net.state_dict(), initial, masks, "freeze", f"autocast bf16, mode={mode}")
     for h in handles:
         h.remove()
     assert conv_out_dtypes == {torch.bfloat16}, f"autocast not active: conv outputs {conv_out_dtypes}"
-    assert scaler.get_scale() >= 2.0**8, "GradScaler found inf/NaN gradients and skipped steps"
     assert all(p.dtype == torch.float32 for p in net.parameters())
-    _check_frozen(net, initial, masks, "freeze", f"autocast bf16, mode={mode}")

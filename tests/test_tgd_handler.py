@@ -13,6 +13,8 @@ from monai_tgd.handlers import tgd_handler as tgd_handler_module
 from monai_tgd.networks import DnCNN
 from monai_tgd.tgd import kse_masks
 
+from .conftest import assert_frozen_rows_kept, assert_tgd_kept_frozen
+
 
 def make_net(seed=0):
     torch.manual_seed(seed)
@@ -48,16 +50,45 @@ def frozen_rows_equal(net, reference, masks):
 
 
 def test_trainer_run_installs_logs_writes_and_removes(tmp_path, caplog):
+    """A SupervisedTrainer run with TGDHandler: masks computed from the weights as loaded, logged and written; the TGD
+    guarantee holds after the optimizer step of EVERY iteration and in every checkpoint saved during the run (both
+    taken while TGD is installed, so before ``remove()`` at COMPLETED copies the frozen rows back once more); TGD is
+    removed at the end. AdamW's weight decay moves frozen rows at every step unless TGD restores them right after it.
+    """
     net, original = make_net(), make_net()
+    base = {k: v.clone() for k, v in original.state_dict().items()}  # the weights TGD is installed on
+    expected_masks = kse_masks(original, 0.3)
     handler = TGDHandler(threshold=0.3, output_dir=tmp_path)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2, weight_decay=0.1)
+    engine = trainer(net, [handler], optimizer=opt)
+    # Intermediate checkpoints, as a resumable run saves them: mid-epoch 1 (iteration 2), mid-epoch 2, last iteration.
+    saver = CheckpointSaver(
+        str(tmp_path / "ckpt"), {"network": net, "optimizer": opt}, save_interval=2, epoch_level=False, n_saved=None
+    )
+    saver.attach(engine)
+    checked = []
+
+    @engine.on(Events.ITERATION_COMPLETED)  # attached after TGDHandler: runs after this iteration's optimizer step
+    def frozen_rows_after_step(engine):
+        assert handler.tgd is not None, "TGD not installed during the run"
+        where = f"iteration {engine.state.iteration}"
+        assert_frozen_rows_kept(base, net.state_dict(), expected_masks, bn_stats="freeze", where=where)
+        checked.append(engine.state.iteration)
+
     with caplog.at_level("INFO", logger="TGDHandler"):
-        trainer(net, [handler]).run()
+        engine.run()
+    assert checked == list(range(1, 7))  # 3 iterations x 2 epochs, each checked
     masks = torch.load(tmp_path / "tgd_masks.pt", weights_only=True)
-    assert {k: v.tolist() for k, v in masks.items()} == {k: v.tolist() for k, v in kse_masks(original, 0.3).items()}
+    assert {k: v.tolist() for k, v in masks.items()} == {k: v.tolist() for k, v in expected_masks.items()}
     info = json.loads((tmp_path / "tgd_masks.json").read_text())
     assert info["threshold"] == 0.3 and info["mode"] == "activation" and 0 < info["retrained_fraction"]["overall"] < 1
     assert "TGD retrains 50.0% of blocks.1.conv" in caplog.text and "of overall" in caplog.text
-    assert frozen_rows_equal(net, original, masks)
+    saved = sorted((tmp_path / "ckpt").glob("*.pt"))  # names sort by iteration here (single digits)
+    assert [f.name for f in saved] == [f"checkpoint_iteration={i}.pt" for i in (2, 4, 6)]
+    for ckpt in saved:  # what a resumed run or an evaluation of an intermediate checkpoint would load
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)["network"]
+        assert_tgd_kept_frozen(base, state, expected_masks, where=ckpt.name)  # frozen rows kept, retrained moved
+    assert_tgd_kept_frozen(base, net.state_dict(), expected_masks)
     assert not torch.equal(net.blocks[0].conv.weight, original.blocks[0].conv.weight)
     assert handler.tgd is None and all(not m._forward_hooks for m in net.modules())  # removed at COMPLETED
 

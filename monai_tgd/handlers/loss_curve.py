@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -10,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import ignite.distributed as idist
+import torch
 from ignite.engine import Engine, Events
 
 from monai_tgd.io import atomic_path
+from monai_tgd.tgd import kse_masks
 
-__all__ = ["LossCurveHandler"]
+__all__ = ["LossCurveHandler", "KSEFlaggedPercent"]
 
 
 class LossCurveHandler:
@@ -108,3 +111,33 @@ class LossCurveHandler:
     def load_state_dict(self, state: dict) -> None:
         self.records = list(state["records"])
         self.train_seconds = float(state["train_seconds"])
+
+
+class KSEFlaggedPercent:
+    """Probe for :class:`LossCurveHandler`: percent of all hidden-conv output channels that KSE flags on the current
+    weights, i.e. that TGD would retrain (:func:`monai_tgd.tgd.kse_masks` at ``threshold``, ``alpha``, ``k``; each
+    channel counts once, whatever its size).
+
+    Args:
+        threshold: KSE threshold ``phi`` in [0, 1] (the bundle passes ``tgd_threshold``), or ``"auto"``: the
+            threshold ``tgd`` chose (NaN until it has chosen, e.g. at the start of a run).
+        alpha, k: KSE parameters, see :func:`monai_tgd.kse.kse_scores` (the bundle passes ``tgd_alpha``, ``tgd_k``).
+        tgd: the run's :class:`~monai_tgd.handlers.TGDHandler`; needed with ``threshold="auto"``.
+    """
+
+    def __init__(self, threshold: float | str = 0.3, alpha: float = 1.0, k: int = 5, tgd: Any = None) -> None:
+        if threshold == "auto":
+            if not hasattr(tgd, "chosen"):
+                raise ValueError("KSEFlaggedPercent: threshold='auto' needs tgd= (the run's TGDHandler).")
+        elif not 0.0 <= threshold <= 1.0:  # also rejects NaN
+            raise ValueError(f"KSEFlaggedPercent: threshold must be in [0, 1] or 'auto', got {threshold}.")
+        self.threshold, self.alpha, self.k, self.tgd = threshold, alpha, k, tgd
+
+    def __call__(self, network: Any) -> float:
+        threshold = self.threshold
+        if threshold == "auto":
+            if self.tgd.chosen is None:
+                return math.nan
+            threshold = self.tgd.chosen["threshold"]
+        masks = kse_masks(network, threshold, alpha=self.alpha, k=self.k)
+        return 100.0 * float(torch.cat([m.flatten() for m in masks.values()]).double().mean())
