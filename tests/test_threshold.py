@@ -94,7 +94,22 @@ def test_monotone_in_the_budget():
 
 
 def test_same_result_for_one_batch_or_several_float32():
-    net, x = make_net(dtype=torch.float32), inputs(dtype=torch.float32)
+    net, x = make_net(dtype=torch.float32), inputs(n=11, dtype=torch.float32)  # more than one chunk of 8
+    one = threshold_for_budget(net, x, max_change=0.01)
+    assert threshold_for_budget(net, [x[:1], x[1:4], x[4:]], max_change=0.01) == one
+    assert threshold_for_budget(net, (x[j : j + 1] for j in range(len(x))), max_change=0.01) == one
+
+
+class BatchSensitive(DnCNN):
+    """A DnCNN whose output moves with the batch size, as float rounding of batched kernels can."""
+
+    def forward(self, x):
+        return super().forward(x) + 1e-2 * x.shape[0]
+
+
+def test_same_result_for_one_batch_or_several_when_the_batch_size_matters():
+    torch.manual_seed(0)
+    net, x = BatchSensitive(features=8, num_layers=5).double().eval(), inputs(n=11)
     one = threshold_for_budget(net, x, max_change=0.01)
     assert threshold_for_budget(net, [x[:1], x[1:4], x[4:]], max_change=0.01) == one
     assert threshold_for_budget(net, (x[j : j + 1] for j in range(len(x))), max_change=0.01) == one
