@@ -254,3 +254,14 @@ def test_loss_curve_probe_follows_the_chosen_threshold():
     assert probe(net) == pytest.approx(100 * sum(flagged) / len(flagged))
     with pytest.raises(ValueError, match="needs tgd="):
         KSEFlaggedPercent("auto")
+
+
+def test_a_change_equal_to_the_budget_is_within_it():
+    """The budget is inclusive ("at most max_change"): with the change of the returned phi as the budget, the same
+    phi comes back (on this network every smaller flagged set changes the output less, checked independently)."""
+    net, x = make_net(), inputs()
+    phi, change = threshold_for_budget(net, x, max_change=0.002)
+    scores = scores_of(net)
+    assert all(change_when_dropping(net, x, {i: s <= level for i, s in scores.items()}) <= change
+               for level in levels_of(scores) if level < phi)  # fmt: skip
+    assert threshold_for_budget(net, x, max_change=change) == (phi, change)
