@@ -217,7 +217,8 @@ class Study:
                 run = f"tgd_{slug(name.split('(')[1])}_s{seed}"
                 out.append(self.train(run, ["finetune_tgd"], ["v1"], seed, **tune, **overrides))
                 networks[name] = str(self.model(run))
-                self.layout["ablation_masks"].setdefault(name, {})[str(seed)] = self.rel(self.runs / run / "tgd_masks.json")
+                masks = self.rel(self.runs / run / "tgd_masks.json")
+                self.layout["ablation_masks"].setdefault(name, {})[str(seed)] = masks
         out.append(self.evaluate(f"eval_s{seed}", networks, [st.name for st in out], include_input=False))
         key = str(seed)
         self.layout["curves"]["FT-net"][key] = self.curve_file(ft)

@@ -288,7 +288,6 @@ def test_handler_accepts_good_arguments(tmp_path):
 
 
 def test_handler_state_always_carries_the_masks(tmp_path):
-    net = dncnn()
     fresh = TGDHandler()
     assert fresh.state_dict() == {"masks": None, "chosen": None}  # a checkpoint saved before the first iteration
     torch.save(fresh.state_dict(), tmp_path / "early.pt")

@@ -45,7 +45,9 @@ def change_when_dropping(net, x, dropped):
     with torch.no_grad():
         y = net(x)
         handles = [
-            net.blocks[i].conv.register_forward_pre_hook(lambda m, inp, keep=~dropped[i]: (inp[0] * keep.view(1, -1, 1, 1),))
+            net.blocks[i].conv.register_forward_pre_hook(
+                lambda m, inp, keep=~dropped[i]: (inp[0] * keep.view(1, -1, 1, 1),)
+            )
             for i in READERS
         ]
         try:
@@ -168,7 +170,9 @@ def test_handler_auto_chooses_logs_writes_and_resumes(tmp_path):
     net, x = make_net(dtype=torch.float32), inputs(dtype=torch.float32)
     expected = threshold_for_budget(net, x, max_change=0.01)
     calls = []
-    handler = TGDHandler(threshold="auto", max_change=0.01, calibration=lambda: calls.append(1) or x, output_dir=tmp_path)
+    handler = TGDHandler(
+        threshold="auto", max_change=0.01, calibration=lambda: calls.append(1) or x, output_dir=tmp_path
+    )
     data = [{"image": xi, "label": xi[1:2]} for xi in x]
     SupervisedTrainer(
         device=torch.device("cpu"), max_epochs=1, network=net, train_data_loader=torch.utils.data.DataLoader(data, 2),

@@ -17,6 +17,8 @@ from ignite.engine import Engine, Events
 from monai_tgd.io import atomic_path
 from monai_tgd.tgd import kse_masks
 
+from .tgd_handler import AUTO
+
 __all__ = ["LossCurveHandler", "KSEFlaggedPercent"]
 
 
@@ -126,7 +128,7 @@ class KSEFlaggedPercent:
     """
 
     def __init__(self, threshold: float | str = 0.3, alpha: float = 1.0, k: int = 5, tgd: Any = None) -> None:
-        if threshold == "auto":
+        if threshold == AUTO:
             if not hasattr(tgd, "chosen"):
                 raise ValueError("KSEFlaggedPercent: threshold='auto' needs tgd= (the run's TGDHandler).")
         elif not 0.0 <= threshold <= 1.0:  # also rejects NaN
@@ -135,7 +137,7 @@ class KSEFlaggedPercent:
 
     def __call__(self, network: Any) -> float:
         threshold = self.threshold
-        if threshold == "auto":
+        if threshold == AUTO:
             if self.tgd.chosen is None:
                 return math.nan
             threshold = self.tgd.chosen["threshold"]

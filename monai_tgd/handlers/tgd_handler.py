@@ -192,7 +192,8 @@ class TGDHandler:
         if self.threshold != AUTO:
             return {}
         chosen = self.chosen or {"threshold": None, "change": None}  # None: resumed from masks saved without it
-        return {"max_change": self.max_change, "chosen_threshold": chosen["threshold"], "threshold_change": chosen["change"]}
+        return {"max_change": self.max_change, "chosen_threshold": chosen["threshold"],
+                "threshold_change": chosen["change"]}
 
     def remove(self, engine: Engine | None = None) -> None:
         """Take TGD off the network (the masks are kept for a later run of the same engine)."""
