@@ -1,7 +1,7 @@
 """Datalists of PET studies: the simulated cohort by default, or the user's own JSON, checked before any long work.
 
-A datalist is a MONAI-style JSON object whose sections (``pretrain_v1``, ``train_v2``, ``finetune_v2``, ``test``,
-``ood``) are lists of study records; file paths are absolute or relative to the datalist's folder. The fields are
+A datalist is a MONAI-style JSON object whose sections (``pretrain_v1``, ``train_v2``, ``finetune_v2``,
+``validation``, ``test``, ``ood``) are lists of study records; file paths are absolute or relative to the datalist's folder. The fields are
 documented in ``docs/simulator.md`` and the bundle's model card.
 """
 

@@ -4,8 +4,8 @@ The pieces, all plain PyTorch (no ignite, no data):
 
 - :func:`kse_masks` finds, for every hidden convolution, which of its output channels feed feature maps that the
   next convolution scores as redundant by KSE (paper Fig. 2): those channels are retrained, the rest frozen.
-- :func:`frozen_rows` states which rows (dim 0) of which parameters and BN buffers TGD keeps fixed: the one rule
-  :class:`TGD` enforces.
+- :func:`frozen_rows` states which rows (dim 0) of which parameters and BN buffers TGD keeps fixed (and, with
+  ``readers``, which kernels ``W[m, c]`` of the convs reading retrained maps): the one rule :class:`TGD` enforces.
 - :class:`TGD` installs the masks on a network with hooks, like ``torch.nn.utils.prune``: the module tree and its
   ``state_dict`` keys stay those of the plain network, and :meth:`TGD.remove` takes every hook away again. A network
   carries at most one TGD at a time.
@@ -47,6 +47,8 @@ __all__ = [
 
 MODES = ("activation", "parameter")
 BN_STATS = ("update", "freeze")
+#: which reader slices ``W_i[:, n]`` of retrained feature maps ``n`` TGD retrains too (see :class:`TGD`)
+READERS = ("none", "output", "all")
 
 # Layers a feature map may pass through between two convolutions without mixing its channels.
 _ELEMENTWISE_MODULES = (
@@ -215,13 +217,20 @@ def kse_masks(
 
 
 def mask_summary(
-    network: nn.Module, masks: dict[str, torch.Tensor], chain: ConvChain | None = None
+    network: nn.Module, masks: dict[str, torch.Tensor], chain: ConvChain | None = None, readers: str = "none"
 ) -> dict[str, float]:
     """Fraction of retrained output channels per hidden conv, and ``"overall"``: retrained fraction of the hidden
-    convs' and their BNs' parameters. ``chain``: ``conv_chain(network)``, if already traced."""
+    convs' and their BNs' parameters. ``chain``: ``conv_chain(network)``, if already traced.
+
+    With ``readers="output"`` or ``"all"`` (see :class:`TGD`), ``"overall"`` also counts the retrained reader kernels
+    ``W_i[m, n]`` that are not already in a retrained row (those of the output convs for ``"output"``, of every conv
+    fed by a hidden conv for ``"all"``), and its denominator includes the output convs' parameters too (as with
+    ``freeze_output=True``; with ``False`` the output convs train fully whatever this says)."""
+    _check_readers(readers)
+    chain = _chain_of(network, chain, "mask_summary")
     retrained = total = 0
     summary = {}
-    for h in _chain_of(network, chain, "mask_summary").hidden:
+    for h in chain.hidden:
         m = masks[h.name].to(torch.float64)
         summary[h.name] = float(m.mean())
         for module in (h.conv, h.norm):
@@ -229,6 +238,16 @@ def mask_summary(
                 per_channel = p[0].numel() if p.dim() > 1 else 1
                 retrained += float(m.sum()) * per_channel
                 total += p.numel()
+    if readers != "none":
+        outputs = {name for name, _ in chain.outputs}
+        total += sum(p.numel() for _, conv in chain.outputs for p in conv.parameters(recurse=False))
+        for h in chain.hidden:
+            to_output = h.consumer_name in outputs
+            if readers == "output" and not to_output:
+                continue
+            # rows of the consumer not retrained already: all of an output conv's, the frozen ones of a hidden conv's
+            rows = h.consumer.out_channels if to_output else int((~masks[h.consumer_name]).sum())
+            retrained += rows * int(masks[h.name].sum()) * h.consumer.weight[0, 0].numel()
     summary["overall"] = retrained / total if total else 0.0
     return summary
 
@@ -239,26 +258,35 @@ def frozen_rows(
     freeze_output: bool = True,
     bn_stats: str = "freeze",
     chain: ConvChain | None = None,
+    readers: str = "none",
 ) -> dict[str, torch.Tensor]:
-    """The rows (dim 0 = output channel) of the network's parameters and BN buffers that TGD keeps fixed.
+    """The rows (dim 0 = output channel) of the network's parameters and BN buffers that TGD keeps fixed, and with
+    ``readers`` the single kernels ``W[m, c]`` of conv weights that read retrained feature maps.
 
     For every hidden conv with mask ``M`` (True = retrain), rows ``~M`` of its weight and bias and of its BN's weight
     and bias, and with ``bn_stats="freeze"`` of the BN's ``running_mean`` and ``running_var`` (if it tracks them);
-    with ``freeze_output``, every row of the output convolutions' weight and bias. This is the rule :class:`TGD`
-    enforces (it installs exactly these rows).
+    with ``freeze_output``, every row of the output convolutions' weight and bias. ``readers`` then unfreezes the
+    reader columns ``W_i[:, n]`` of conv ``i`` for every retrained map ``n`` of the hidden conv feeding it: of the
+    output convs with ``"output"``, of every such conv with ``"all"`` (``"none"``: nothing; biases and BNs stay
+    row-wise). This is the rule :class:`TGD` enforces (it installs exactly these elements).
 
     Args:
         network: the network (a ``DistributedDataParallel``/``DataParallel`` wrapper is unwrapped).
         masks: ``{hidden conv name: bool [out_channels]}``, True = retrain, as from :func:`kse_masks`.
         freeze_output, bn_stats: as for :class:`TGD`.
         chain: ``conv_chain(network)``, if already traced.
+        readers: ``"none"``, ``"output"`` or ``"all"``, as for :class:`TGD` (the mode restriction of ``"all"`` is
+            TGD's, not checked here).
 
     Returns:
-        ``{name in the plain network's state_dict: bool tensor [dim 0 of that tensor] on the CPU}``, True = frozen,
-        in execution order, for every parameter and buffer with at least one frozen row (``num_batches_tracked``
-        is never frozen).
+        ``{name in the plain network's state_dict: bool tensor on the CPU}``, True = frozen, in execution order, for
+        every parameter and buffer with at least one frozen element (``num_batches_tracked`` is never frozen). The
+        tensor has one of two shapes: ``(dim 0,)`` for row-wise freezing (every tensor with ``readers="none"``),
+        broadcast over the other dims; or ``(out_channels, in_channels)`` (``frozen[m, c]``) for the weight of a conv
+        whose reader columns are retrained, broadcast over the kernel's spatial dims.
     """
     _check_settings(freeze_output, bn_stats)
+    _check_readers(readers)
     chain = _chain_of(network, chain, "frozen_rows")
     masks = _checked_masks(chain, masks)
     frozen: dict[str, torch.Tensor] = {}
@@ -281,7 +309,35 @@ def frozen_rows(
     if freeze_output:
         for name, conv in chain.outputs:
             add(name, conv, torch.ones(conv.out_channels, dtype=torch.bool))
+    if readers != "none":
+        outputs = {name for name, _ in chain.outputs}
+        for h in chain.hidden:
+            if readers == "output" and h.consumer_name not in outputs:
+                continue
+            key = f"{h.consumer_name}.weight" if h.consumer_name else "weight"
+            maps = masks[h.name]  # True = retrained map: its reader column W[:, n] trains
+            if key not in frozen or not maps.any():
+                continue  # the consumer trains fully, or no map to read
+            rows = frozen[key]
+            assert rows.dim() == 1, f"{key}: a conv has one input, so one set of reader columns"
+            kernels = rows.view(-1, 1) & ~maps.view(1, -1)
+            if kernels.any():
+                frozen[key] = kernels
+            else:
+                del frozen[key]
     return frozen
+
+
+def _check_readers(readers: str, mode: str | None = None, where: str = "TGD") -> None:
+    """``readers`` is one of :data:`READERS`; with a ``mode``, ``"all"`` needs ``mode="parameter"``."""
+    if not isinstance(readers, str) or readers not in READERS:
+        raise ValueError(f"{where}: readers must be one of {READERS}, got {readers!r}.")
+    if readers == "all" and mode is not None and mode != "parameter":
+        raise ValueError(
+            f"{where}: readers='all' needs mode='parameter', got mode={mode!r}: in activation mode the TGD layer zeroes "
+            "dL/dY of frozen channels, so the reader kernels in frozen rows would get no gradient. Use "
+            "readers='all' with mode='parameter', or readers='output' (either mode)."
+        )
 
 
 def _check_settings(freeze_output: bool, bn_stats: str) -> None:
@@ -292,20 +348,33 @@ def _check_settings(freeze_output: bool, bn_stats: str) -> None:
 
 
 class _FrozenRows:
-    """Rows (dim 0 = channel) of one parameter or BN buffer that must not change, and their values at install."""
+    """Elements of one parameter or BN buffer that must not change, and their values at install.
+
+    ``frozen`` is a bool mask over the leading dims of the tensor (True = frozen), broadcast over the rest: ``(dim 0,)``
+    for whole rows, or ``(out_channels, in_channels)`` for single kernels of a conv weight (see :func:`frozen_rows`).
+    """
 
     def __init__(self, tensor: torch.Tensor, frozen: torch.Tensor) -> None:
+        if frozen.dim() not in (1, 2) or tuple(frozen.shape) != tuple(tensor.shape[: frozen.dim()]):
+            raise ValueError(f"TGD: frozen mask of shape {tuple(frozen.shape)} does not fit a tensor {tuple(tensor.shape)}.")
         self.tensor = tensor
-        self.frozen_view = frozen.to(tensor.device).view(-1, *([1] * (tensor.dim() - 1)))
-        self.index = frozen.nonzero().flatten().to(tensor.device)
-        self.values = tensor.detach()[self.index].clone()
+        self.frozen_view = frozen.to(tensor.device).view(*frozen.shape, *([1] * (tensor.dim() - frozen.dim())))
+        if frozen.dim() == 1:  # whole rows: only those rows are kept
+            self.index = frozen.nonzero().flatten().to(tensor.device)
+            self.values = tensor.detach()[self.index].clone()
+        else:  # single kernels: the whole tensor is kept, and only its frozen elements are written back
+            self.index = None
+            self.values = tensor.detach().clone()
 
     def mask_grad(self, grad: torch.Tensor) -> torch.Tensor:
         return grad.masked_fill(self.frozen_view, 0)
 
     @torch.no_grad()
     def restore(self) -> None:
-        self.tensor.index_copy_(0, self.index, self.values)
+        if self.index is not None:
+            self.tensor.index_copy_(0, self.index, self.values)
+        else:
+            self.tensor.copy_(torch.where(self.frozen_view, self.values, self.tensor))
 
 
 #: the network (unwrapped) each installed TGD is on; weak, so a network dropped without remove() is not kept alive
@@ -315,9 +384,10 @@ _INSTALLED: weakref.WeakKeyDictionary[nn.Module, TGD] = weakref.WeakKeyDictionar
 class TGD:
     """Targeted Gradient Descent on a network, installed with hooks; ``remove()`` (or leaving a ``with`` block) undoes it.
 
-    Retrained channels train as usual; frozen channels (mask False) and, with ``freeze_output``, the output
-    convolutions stay bit-identical, in conv weights and biases and in BN affine parameters, under any
-    ``torch.optim`` optimizer (weight decay and momentum included), AMP and DDP (:func:`frozen_rows` lists them):
+    Retrained channels train as usual (and, with ``readers``, the kernels reading them); frozen channels (mask False)
+    and, with ``freeze_output``, the output convolutions stay bit-identical, in conv weights and biases and in BN
+    affine parameters, under any ``torch.optim`` optimizer (weight decay and momentum included), AMP and DDP
+    (:func:`frozen_rows` lists them):
 
     - ``mode="activation"`` (the paper's TGD layer, Eq. 4): after every hidden conv and after its BN, identity in the
       forward pass and ``dL/dY * M`` in the backward pass; gradients reach earlier layers only through retrained
@@ -353,9 +423,17 @@ class TGD:
         freeze_output: keep the output convolutions unchanged (the paper); ``False`` trains them fully.
         bn_stats: ``"update"`` or ``"freeze"``.
         chain: ``conv_chain(network)``, if already traced (e.g. for :func:`kse_masks`); kept as :attr:`chain`.
+        readers: which reader kernels of the retrained maps train too. ``"none"`` (the paper): none. ``"output"``:
+            the columns ``W_out[:, n]`` of the output convs for every retrained map ``n`` of the hidden conv feeding
+            them (their bias and other columns stay frozen with ``freeze_output``), so retrained maps that the
+            output conv reads through near-zero kernels can reach the output; every hidden layer's frozen kernels
+            stay bit-identical. ``"all"``: the columns ``W_i[:, n]`` of every conv ``i`` fed by a hidden conv, frozen
+            rows included, so retrained maps feed frozen maps too (more forgetting expected); needs
+            ``mode="parameter"`` (the activation mode's TGD layer gives those kernels no gradient).
 
     Raises:
-        ValueError: TGD is already installed on the network, or a bad mode, bn_stats, mask or network structure.
+        ValueError: TGD is already installed on the network, or a bad mode, bn_stats, readers (or ``readers="all"``
+            without ``mode="parameter"``), mask or network structure.
     """
 
     def __init__(
@@ -366,12 +444,14 @@ class TGD:
         freeze_output: bool = True,
         bn_stats: str = "freeze",
         chain: ConvChain | None = None,
+        readers: str = "none",
     ) -> None:
         if not isinstance(network, nn.Module):
             raise TypeError(f"TGD: network must be an nn.Module, got {type(network).__name__}.")
         if mode not in MODES:
             raise ValueError(f"TGD: mode must be one of {MODES}, got {mode!r}.")
         _check_settings(freeze_output, bn_stats)
+        _check_readers(readers, mode)
         net = _unwrap(network)
         if net in _INSTALLED:
             raise ValueError(
@@ -379,9 +459,9 @@ class TGD:
                 "block) before installing another."
             )
         self.chain = _chain_of(net, chain, "TGD")
-        rows = frozen_rows(net, masks, freeze_output, bn_stats, self.chain)  # checks masks and settings
+        rows = frozen_rows(net, masks, freeze_output, bn_stats, self.chain, readers)  # checks masks and settings
         self.masks = _checked_masks(self.chain, masks)
-        self.mode, self.freeze_output, self.bn_stats = mode, freeze_output, bn_stats
+        self.mode, self.freeze_output, self.bn_stats, self.readers = mode, freeze_output, bn_stats, readers
         self._frozen: list[_FrozenRows] = []
         self._handles: list = []
         self._param_ids = {id(p) for p in network.parameters()}

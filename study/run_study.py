@@ -52,8 +52,10 @@ PROFILES: dict[str, dict] = {
         "bundle_files": [],
         "pretrain_epochs": 4,
         "pretrain_curve_interval": 2,
-        "finetune_epochs": 3,
+        "finetune_epochs": 4,
         "finetune_curve_interval": 1,
+        "finetune_patience": 2,
+        "variant_seeds": [0],
         "n2n_epochs": 2,
         "n2n_samples": 4,
         "seeds": [0, 1],
@@ -66,8 +68,10 @@ PROFILES: dict[str, dict] = {
         "bundle_files": [],
         "pretrain_epochs": 1500,
         "pretrain_curve_interval": 50,
-        "finetune_epochs": 50,
-        "finetune_curve_interval": 5,
+        "finetune_epochs": 300,
+        "finetune_curve_interval": 10,
+        "finetune_patience": 4,
+        "variant_seeds": [0],
         "n2n_epochs": 60,
         "n2n_samples": 16,
         "seeds": [0, 1, 2],
@@ -79,8 +83,10 @@ PROFILES: dict[str, dict] = {
         "bundle_files": ["paper.json"],
         "pretrain_epochs": 500,
         "pretrain_curve_interval": 10,
-        "finetune_epochs": 500,
+        "finetune_epochs": 1000,
         "finetune_curve_interval": 10,
+        "finetune_patience": 5,
+        "variant_seeds": [0],
         "n2n_epochs": 150,
         "n2n_samples": 32,
         "seeds": [0, 1, 2],
@@ -88,13 +94,24 @@ PROFILES: dict[str, dict] = {
     },
 }  # fmt: skip
 
-#: TGD-net variants of the ablation: {name: bundle overrides}; the paper's reading is TGD-net itself
+#: TGD-net variants measured side by side with the bundle's default (TGD-net: readers "output", phi 0.3), on the
+#: validation study (where the default is chosen) and the test studies: {name: bundle overrides}
 ABLATIONS = {
-    "TGD-net (parameter mode)": {"tgd_mode": "parameter"},
-    "TGD-net (output conv trained)": {"tgd_freeze_output": False},
-    "TGD-net (BN statistics updated)": {"tgd_bn_stats": "update"},
+    # the paper's TGD: the retrained maps' readers stay frozen
+    "TGD-net (paper-literal)": {"tgd_readers": "none"},
+    # the readers of retrained maps retrain in every conv (needs the parameter mode)
+    "TGD-net (all readers)": {"tgd_readers": "all", "tgd_mode": "parameter"},
+    "TGD-net (output conv trained)": {"tgd_readers": "none", "tgd_freeze_output": False},
     # the threshold from a fidelity budget (threshold_for_budget) on slabs of the fine-tuning studies, not 0.3
     "TGD-net (automatic threshold)": {"tgd_threshold": "auto"},
+}
+#: variants run at every seed (the others at the profile's variant_seeds): issue 15 reports the automatic threshold
+#: over the same seeds as TGD-net
+EVERY_SEED = ("TGD-net (automatic threshold)",)
+#: further ablations, run with --controls only (with the no-weight-decay pretraining control)
+CONTROL_ABLATIONS = {
+    "TGD-net (parameter mode)": {"tgd_mode": "parameter"},
+    "TGD-net (BN statistics updated)": {"tgd_bn_stats": "update"},
 }
 
 #: the online networks: {base network: online network}; TGD-net was made at the bundle's tgd_threshold (0.3)
@@ -127,9 +144,10 @@ def slug(name: str) -> str:
 class Study:
     """The stages of the study for one profile and work folder, in dependency order."""
 
-    def __init__(self, profile: str, work: Path, seeds: list[int], ablations: bool = True) -> None:
+    def __init__(self, profile: str, work: Path, seeds: list[int], ablations: bool = True,
+                 controls: bool = False) -> None:
         self.profile, self.settings = profile, PROFILES[profile]
-        self.work, self.seeds, self.with_ablations = work, seeds, ablations
+        self.work, self.seeds, self.with_ablations, self.with_controls = work, seeds, ablations, controls
         self.models, self.runs = work / "models", work / "runs"
         self.datalist: str | None = None
         self.ood_studies: list[str] = []
@@ -161,9 +179,10 @@ class Study:
         overrides = {"run_name": name, "kse_network": str(self.model(network))}
         return Stage(name, ["kse_sweep"], overrides, self.runs / name / "kse_sweep.json", [network])
 
-    def evaluate(self, name: str, networks: dict[str, str], needs: list[str], include_input: bool) -> Stage:
+    def evaluate(self, name: str, networks: dict[str, str], needs: list[str], include_input: bool,
+                 section: str = "test") -> Stage:
         overrides = {"run_name": name, "eval_networks": networks, "eval_recon": "all", "eval_roi_slices_only": True,
-                     "eval_include_input": include_input}
+                     "eval_include_input": include_input, "eval_section": section}
         return Stage(name, ["evaluate"], overrides, self.runs / name / "evaluation.json", needs)
 
     def evaluate_ood(self, name: str, networks: dict[str, str], needs: list[str], studies: list[str] | None,
@@ -172,32 +191,44 @@ class Study:
                      "eval_include_input": include_input}
         return Stage(name, ["evaluate_ood"], overrides, self.runs / name / "evaluation_ood.json", needs)
 
+    def ablations(self) -> dict[str, dict]:
+        """The TGD-net variants this study runs: {name: bundle overrides}."""
+        if not self.with_ablations:
+            return {}
+        return {**ABLATIONS, **(CONTROL_ABLATIONS if self.with_controls else {})}
+
     def stages(self) -> list[Stage]:
         """Every stage, in dependency order; also fills :attr:`layout`, where the report finds each output."""
         s = self.settings
         recipe = {"epochs": s["pretrain_epochs"], "curve": s["pretrain_curve_interval"]}
         shared = {"v1-net": "v1", "v2-net": "v2"}
+        nets = {n: str(self.model(r)) for n, r in shared.items()}
         out = [
+            # the pretraining curves are monitored on the validation study's own recon
             self.train("v1", ["pretrain"], [], 0, curve_recon="v1", **recipe),
             self.train("v2", ["train_v2"], [], 0, **recipe),
-            # the control of the redundancy question: the same pretraining without the weight regulariser
-            self.train("v1_no_wd", ["pretrain"], [], 0, curve_recon="v1", weight_decay=0.0, **recipe),
             self.kse_sweep("kse_sweep", "v1"),
-            self.kse_sweep("kse_sweep_no_wd", "v1_no_wd"),
-            self.evaluate("eval_shared", {n: str(self.model(r)) for n, r in shared.items()}, ["v1", "v2"], True),
+            self.evaluate("eval_shared", nets, ["v1", "v2"], True),
+            self.evaluate("val_shared", nets, ["v1", "v2"], True, section="validation"),
             self.evaluate_ood("ood_shared", {"v2-net": str(self.model("v2"))}, ["v2"], None, include_input=True),
         ]
         self.layout = {
-            "kse": {"v1-net": self.rel(out[3].marker), "no weight decay": self.rel(out[4].marker)},
-            "curves": {"v1-net": self.curve_file("v1"), "v2-net": self.curve_file("v2"),
-                       "no weight decay": self.curve_file("v1_no_wd"), "FT-net": {}, "TGD-net": {}},
+            "kse": {"v1-net": self.rel(out[2].marker)},
+            "curves": {"v1-net": self.curve_file("v1"), "v2-net": self.curve_file("v2"), "FT-net": {}, "TGD-net": {}},
             "masks": {},
             "ablation_masks": {},
             "online_masks": {},
-            "evaluations": [self.rel(out[5].marker)],
-            "ood_evaluations": [self.rel(out[6].marker)],
+            "evaluations": [self.rel(out[3].marker)],
+            "validation_evaluations": [self.rel(out[4].marker)],
+            "ood_evaluations": [self.rel(out[5].marker)],
             "checkpoints": {n: self.rel(self.model(r)) for n, r in shared.items()},
         }  # fmt: skip
+        if self.with_controls:
+            # the control of the redundancy question: the same pretraining without the weight regulariser
+            out.append(self.train("v1_no_wd", ["pretrain"], [], 0, curve_recon="v1", weight_decay=0.0, **recipe))
+            out.append(self.kse_sweep("kse_sweep_no_wd", "v1_no_wd"))
+            self.layout["kse"]["no weight decay"] = self.rel(out[-1].marker)
+            self.layout["curves"]["no weight decay"] = self.curve_file("v1_no_wd")
         for seed in self.seeds:
             out += self.seed_stages(seed)
         self._by_name = {st.name: st for st in out}
@@ -206,21 +237,30 @@ class Study:
     def seed_stages(self, seed: int) -> list[Stage]:
         s = self.settings
         ft, tgd = f"ft_s{seed}", f"tgd_s{seed}"
-        tune = {"epochs": s["finetune_epochs"], "init_checkpoint": str(self.model("v1"))}
+        # every fine-tuning: the same rule, until the validation loss flattens (or the epoch cap)
+        tune = {"epochs": s["finetune_epochs"], "init_checkpoint": str(self.model("v1")),
+                "curve": s["finetune_curve_interval"], "early_stop_patience": s["finetune_patience"]}
         out = [
-            self.train(ft, ["finetune"], ["v1"], seed, curve=s["finetune_curve_interval"], **tune),
-            self.train(tgd, ["finetune_tgd"], ["v1"], seed, curve=s["finetune_curve_interval"], **tune),
+            self.train(ft, ["finetune"], ["v1"], seed, **tune),
+            self.train(tgd, ["finetune_tgd"], ["v1"], seed, **tune),
         ]
+        key = str(seed)
         networks = {"FT-net": str(self.model(ft)), "TGD-net": str(self.model(tgd))}
-        if self.with_ablations:
-            for name, overrides in ABLATIONS.items():
+        variant_seed = seed in s["variant_seeds"]
+        for name, overrides in self.ablations().items():
+            if variant_seed or name in EVERY_SEED:
                 run = f"tgd_{slug(name.split('(')[1])}_s{seed}"
                 out.append(self.train(run, ["finetune_tgd"], ["v1"], seed, **tune, **overrides))
                 networks[name] = str(self.model(run))
                 masks = self.rel(self.runs / run / "tgd_masks.json")
-                self.layout["ablation_masks"].setdefault(name, {})[str(seed)] = masks
-        out.append(self.evaluate(f"eval_s{seed}", networks, [st.name for st in out], include_input=False))
-        key = str(seed)
+                self.layout["ablation_masks"].setdefault(name, {})[key] = masks
+                self.layout["curves"].setdefault(name, {})[key] = self.curve_file(run)
+        if variant_seed:
+            out.append(self.evaluate(f"val_s{seed}", networks, [st.name for st in out], include_input=False,
+                                     section="validation"))
+            self.layout["validation_evaluations"].append(self.rel(out[-1].marker))
+        out.append(self.evaluate(f"eval_s{seed}", networks, [st.name for st in out if st.name.startswith(("ft", "tgd"))],
+                                 include_input=False))
         self.layout["curves"]["FT-net"][key] = self.curve_file(ft)
         self.layout["curves"]["TGD-net"][key] = self.curve_file(tgd)
         self.layout["masks"][key] = self.rel(self.runs / tgd / "tgd_masks.json")
@@ -413,7 +453,7 @@ def run_stages(study: Study, stages: list[Stage], workers: int) -> tuple[dict, i
 
 
 def run_study(profile: str, work: Path, docs: Path, seeds: list[int] | None = None, ablations: bool = True,
-              workers: int | None = None) -> Path:
+              workers: int | None = None, controls: bool = False) -> Path:
     """Run (or resume) every stage, then write the report. Returns the path of ``results.md``."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; expected one of {sorted(PROFILES)}.")
@@ -430,17 +470,18 @@ def run_study(profile: str, work: Path, docs: Path, seeds: list[int] | None = No
     work = work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     with folder_lock(work, on_busy=lambda: _busy(work)):
-        return _run_locked(profile, work, docs, seeds, ablations, workers)
+        return _run_locked(profile, work, docs, seeds, ablations, workers, controls)
 
 
 def _busy(work: Path) -> None:
     raise RuntimeError(f"another study run is using {work} (it holds {work / '.lock'}); wait for it or pick --work.")
 
 
-def _run_locked(profile: str, work: Path, docs: Path, seeds: list[int], ablations: bool, workers: int) -> Path:
+def _run_locked(profile: str, work: Path, docs: Path, seeds: list[int], ablations: bool, workers: int,
+                controls: bool) -> Path:
     began, started = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
     print(f"study: profile {profile}, seeds {seeds}, {workers} worker(s), work folder {work}", flush=True)
-    study = Study(profile, work, seeds, ablations)
+    study = Study(profile, work, seeds, ablations, controls)
     study.prepare()
     stages = study.stages()
     timings, ran = run_stages(study, stages, workers)
@@ -454,7 +495,8 @@ def _run_locked(profile: str, work: Path, docs: Path, seeds: list[int], ablation
         "settings": PROFILES[profile],
         "seeds": seeds,
         "workers": workers,
-        "ablations": ABLATIONS if ablations else {},
+        "ablations": study.ablations(),
+        "controls": controls,
         "online_bases": ONLINE_BASES,
         "n2n_threshold": N2N_THRESHOLD,
         "datalist": study.datalist,
@@ -478,10 +520,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--docs", type=Path, default=REPO / "docs", help="where results.md and figures/ go")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds of the per-seed stages")
     parser.add_argument("--workers", type=int, default=None, help="stages run side by side (default: the profile's)")
-    parser.add_argument("--no-ablations", action="store_true", help="skip the TGD-net ablations")
+    parser.add_argument("--no-ablations", action="store_true", help="skip the TGD-net variants")
+    parser.add_argument("--controls", action="store_true",
+                        help="also run the no-weight-decay pretraining control and the mode/BN-statistics ablations")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite the report from the work folder's manifest.json (after a complete run)")
     args = parser.parse_args(argv)
     work = args.work if args.work is not None else REPO / "study_runs" / args.profile
-    run_study(args.profile, work, args.docs, args.seeds, not args.no_ablations, args.workers)
+    if args.report_only:
+        print(f"report written to {report_only(work, args.docs)}")
+        return
+    run_study(args.profile, work, args.docs, args.seeds, not args.no_ablations, args.workers, args.controls)
+
+
+def report_only(work: Path, docs: Path) -> Path:
+    """Rewrite ``results.md`` (and results.json, figures) from a finished run's ``manifest.json``; runs no stage."""
+    manifest_path = work.resolve() / "manifest.json"
+    if not manifest_path.is_file():
+        raise SystemExit(f"--report-only needs a finished run: {manifest_path} does not exist.")
+    return write_report(work.resolve(), docs, json.loads(manifest_path.read_text(encoding="utf-8")))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -112,15 +113,68 @@ def assert_frozen_rows_kept(
             )
 
 
-def assert_tgd_kept_frozen(base: dict, tuned: dict, masks: dict, where: str = "") -> None:
+def bundle_default_readers() -> str:
+    """The bundle's ``tgd_readers`` default, read from its common.json (the value every bundle run here uses)."""
+    return json.loads((BUNDLE / "configs" / "common.json").read_text(encoding="utf-8"))["tgd_readers"]
+
+
+def assert_tgd_kept_frozen(base: dict, tuned: dict, masks: dict, where: str = "", readers: str | None = None) -> None:
     """The TGD guarantee on state dicts (the bundle's default ``tgd_bn_stats="freeze"``): frozen rows of every masked
     conv and its BN, BN running statistics included, are bit-identical to ``base``, some retrained row moved, and the
-    output conv is unchanged."""
+    output conv is unchanged except, with ``readers`` "output"/"all", its columns reading retrained maps (every
+    frozen element of :func:`tgd_frozen_elements`). ``readers`` None: the bundle's default."""
     import torch
 
-    assert_frozen_rows_kept(base, tuned, masks, where=where)
+    readers = bundle_default_readers() if readers is None else readers
+    if readers == "none":
+        assert_frozen_rows_kept(base, tuned, masks, where=where)
+    else:
+        assert_frozen_elements_kept(base, tuned, masks, readers, where=where)
     changed = sum(
         int(not torch.equal(tuned[key][~frozen], base[key][~frozen]))
         for key, frozen in tgd_frozen_rows(base, masks).items()
     )
     assert changed > 0, f"{where}: no retrained channel moved" if where else "no retrained channel moved"
+
+
+def tgd_frozen_elements(
+    base: dict, masks: dict, readers: str = "none", bn_stats: str = "freeze", output: str = OUTPUT_CONV
+) -> dict:
+    """``{state_dict key: bool tensor of the shape of base[key], True = must stay bit-identical}`` for a DnCNN under
+    TGD with ``freeze_output=True`` and the given ``readers``, element by element.
+
+    Written from DnCNN's naming, not from TGD: the rows of :func:`tgd_frozen_rows` and the whole ``output`` conv, minus
+    the reader kernels ``W[:, n]`` of ``blocks.{i+1}.conv`` for every retrained map ``n`` of ``blocks.i.conv`` (only
+    where ``blocks.{i+1}.conv`` is ``output`` with ``readers="output"``; everywhere with ``readers="all"``)."""
+    import torch
+
+    assert readers in ("none", "output", "all"), readers
+    frozen = {key: rows.view(-1, *([1] * (base[key].dim() - 1))).expand_as(base[key]).clone()
+              for key, rows in tgd_frozen_rows(base, masks, bn_stats).items()}  # fmt: skip
+    for p in ("weight", "bias"):
+        if f"{output}.{p}" in base:
+            frozen[f"{output}.{p}"] = torch.ones_like(base[f"{output}.{p}"], dtype=torch.bool)
+    if readers != "none":
+        for name, retrain in masks.items():
+            block = int(name.split(".")[1])
+            reader = f"blocks.{block + 1}.conv"
+            assert f"{reader}.weight" in base, f"{reader}.weight not in the state dict"
+            if readers == "output" and reader != output:
+                continue
+            if f"{reader}.weight" in frozen:
+                frozen[f"{reader}.weight"][:, retrain.cpu()] = False
+    return frozen
+
+
+def assert_frozen_elements_kept(
+    base: dict, current: dict, masks: dict, readers: str, bn_stats: str = "freeze", where: str = ""
+) -> None:
+    """Every element of :func:`tgd_frozen_elements` in ``current`` is bit-identical to ``base``."""
+    import torch
+
+    prefix = f"{where}: " if where else ""
+    for key, frozen in tgd_frozen_elements(base, masks, readers, bn_stats).items():
+        now, then = current[key].detach().cpu()[frozen], base[key].cpu()[frozen]
+        assert torch.equal(now, then), (
+            f"{prefix}frozen elements of {key} changed, max abs change {(now - then).abs().max().item():.3e}"
+        )

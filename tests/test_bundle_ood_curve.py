@@ -68,6 +68,22 @@ def test_loss_curve_records_checkpoints_and_resumes(run_bundle, tmp_path, exact_
     assert torch.load(run_dir / "checkpoint_epoch=5.pt", weights_only=True)["curve"]["records"] == resumed
 
 
+def test_loss_curve_early_stopping_ends_the_run_and_saves_the_final_model(run_bundle, tmp_path):
+    """early_stop_patience switches PlateauStopHandler on: with a min_delta no step can reach (99 %), the first
+    validation after the start is "no improvement", so a 6-epoch cap with patience 1 and a curve every epoch stops at
+    epoch 1 and still writes the final model."""
+    run_bundle("pretrain")
+    run_bundle(["finetune", "loss_curve"], epochs=6, curve_interval=1, early_stop_patience=1,
+               early_stop_min_delta=0.99)  # fmt: skip
+    run_dir = tmp_path / "runs" / "ft"
+    assert [r["epoch"] for r in read_records(run_dir / "loss_curve.json")] == [0, 1]
+    assert (tmp_path / "models" / "model_ft.pt").is_file()
+    assert sorted(p.name for p in run_dir.glob("checkpoint_epoch=*.pt")) == ["checkpoint_epoch=1.pt"]
+    # off by default: the same run without a patience goes to the cap
+    run_bundle(["finetune", "loss_curve"], epochs=2, curve_interval=1, early_stop_min_delta=0.99, run_name="capped")
+    assert [r["epoch"] for r in read_records(tmp_path / "runs" / "capped" / "loss_curve.json")] == [0, 1, 2]
+
+
 def dilate_in_plane(mask, n):
     """3x3 dilation repeated ``n`` times within each slice of the last axis (the bundle's slab axis)."""
     h, w = mask.shape[:2]

@@ -70,6 +70,13 @@ def test_datalist_schema(cohort):
         assert rec["durations_s"]["noisy_30s"] == 30 and rec["durations_s"]["target"] == 600
     tests = {(r["study"], r["recon"]): r for r in d["test"]}
     assert set(tests) == {(s, v) for s in ("test_low_bmi_lesion", "test_high_bmi") for v in ("v1", "v2")}
+    # the validation study: every choice is made on it; same record form as a test study, never in a test section
+    vals = {(r["study"], r["recon"]): r for r in d["validation"]}
+    assert set(vals) == {("val_low_bmi_lesion", v) for v in ("v1", "v2")}
+    assert all(r["role"] == "validation" and len(r["realizations"]) == 10 and r["lesions"] for r in vals.values())
+    assert not {s for s, _ in vals} & {s for s, _ in tests}
+    # training studies carry 2-5 hot lesions each (denoisers learn to keep hot features)
+    assert all(2 <= len(r["lesions"]) <= 5 for r in d["pretrain_v1"] + d["finetune_v2"])
     for rec in tests.values():
         assert len(rec["realizations"]) == 10 and rec["realization_duration_s"] == 60
         assert rec["lesions"] and rec["lesions"][0]["organ"] == "liver"
@@ -136,7 +143,7 @@ def test_reuse_resume_and_regenerate(tmp_path):
     (study / "v2" / ".partial-x-noisy_60s.nii.gz").write_bytes(b"truncated")
     logs = []
     generate_cohort(out, "tiny", seed=0, progress=False, log=logs.append)
-    assert any("6 studies reused, 1 to simulate" in m for m in logs)
+    assert any("7 studies reused, 1 to simulate" in m for m in logs)
     after = _mtimes(out)
     assert (study / "v2" / "noisy_60s.nii.gz").is_file() and (out / "cohort.json").is_file()
     assert not list(study.rglob(".partial-*"))
@@ -182,7 +189,7 @@ def test_concurrent_writers_share_one_cohort(concurrent_run):
     out, datalists, text = concurrent_run
     assert datalists[0] == datalists[1] and json.loads(datalists[0])["profile"] == "tiny"
     simulated = [t for t in text if "to simulate" in t]
-    assert len(simulated) == 1 and "0 studies reused, 7 to simulate" in simulated[0], text
+    assert len(simulated) == 1 and "0 studies reused, 8 to simulate" in simulated[0], text
     assert sum("reusing the complete cohort" in t for t in text) == 1, text
     assert not list(out.rglob(".partial-*")) and (out / "cohort.json").is_file()
     before = _mtimes(out)

@@ -98,6 +98,162 @@ def stage_group(name: str) -> str:
     return "online N2N" if base.startswith("n2n_") else "evaluate OOD" if base.startswith("ood_") else base
 
 
+HEADINGS = ("## Premises", "## Targets", "## 1. Threshold study", "## 2. Fine-tuning", "## 3. Convergence",
+            "## 4. Forgetting", "## 5. Cost", "## 6. Online learning", "## 7. TGD-net and its variants")
+#: results.json's names for the markdown's: Table 1's metric rows, the online table's columns
+JSON_TABLE1 = {"lesion bias vs 600 s (%)": "lesion_bias_ref", "liver CoV (%)": "liver_cov",
+               "body RMSE vs 600 s (SUV)": "rmse_body_ref"}
+JSON_ONLINE = {"OOD RMSE vs 600 s (SUV)": "ood_rmse", "liver pixel CoV (%)": "liver_cov"}
+
+
+def json_name(network: str) -> str:
+    """results.json's network name for a report label: the input, and the online networks without their base."""
+    return "input" if network.startswith("input (") else network.split(" (on ")[0]
+
+
+def same(cell: str, value) -> bool:
+    """The markdown cell is ``value`` printed with the cell's own number of decimals ("n/a" for None)."""
+    if value is None:
+        return cell == "n/a"
+    decimals = len(cell.split(".")[1]) if "." in cell else 0
+    return cell == f"{value:.{decimals}f}"
+
+
+def same_spread(cell: str, entry: dict) -> bool:
+    """A "mean ± sd" cell (one value: "mean", and results.json's SD is 0) against a {"mean", "sd"} entry."""
+    mean, _, sd = cell.partition(" ± ")
+    return same(mean, entry["mean"]) and (same(sd, entry["sd"]) if sd else entry["sd"] in (0, 0.0, None))
+
+
+def check_json_against_markdown(text: str, summary: dict) -> None:
+    """Every Table 1 and online number of results.json is in results.md's tables and equal up to their rounding;
+    every premise and target has the same value, threshold and verdict; the premises come before any TGD number."""
+    assert "## Premises" in text and text.index("## Premises") < text.index("TGD")
+    checked = {"table1": 0, "online": 0}
+    verdicts: dict[str, dict] = {"premise": {}, "target": {}}
+    for t in markdown_tables(text):
+        if t.header[0] == "metric":
+            study, recon = re.fullmatch(r"\*\*(\S+) \((v\d)\)\*\*", t.label).groups()
+            for row in (r for r in t.rows if r[0] in JSON_TABLE1):
+                for network, cell in zip(t.header[1:], row[1:]):
+                    entry = summary["table1"][study][recon][json_name(network)][JSON_TABLE1[row[0]]]
+                    assert same_spread(cell, entry), (study, recon, network, row[0], cell, entry)
+                    checked["table1"] += 1
+        elif t.header[:2] == ["network", "OOD RMSE vs 600 s (SUV)"]:
+            study = re.match(r"\*\*(\S+)\*\*", t.label).group(1)
+            for row in t.rows:
+                for column, cell in zip(t.header[1:], row[1:]):
+                    if column in JSON_ONLINE:
+                        entry = summary["online"][study][json_name(row[0])][JSON_ONLINE[column]]
+                        assert same_spread(cell, entry), (study, row[0], column, cell, entry)
+                        checked["online"] += 1
+        elif t.header[0] in verdicts:
+            for row in t.rows:
+                verdicts[t.header[0]][row[0].strip("`")] = row
+    # nothing in results.json that the markdown does not show
+    assert checked["table1"] == sum(len(n) for s in summary["table1"].values() for r in s.values() for n in r.values())
+    assert checked["online"] == sum(len(n) for s in summary["online"].values() for n in s.values())
+    for kind, key in (("premise", "premises"), ("target", "targets")):
+        assert sorted(verdicts[kind]) == sorted(summary[key]), kind
+        for name, entry in summary[key].items():
+            row = verdicts[kind][name]
+            assert (row[-1] == "met") == entry["met"] and row[-1] in ("met", "**not met**"), (name, row, entry)
+            assert same(row[2], entry["value"]) and same(row[4], entry["threshold"]) and row[3] == entry["rule"], name
+    chosen = re.search(r"Chosen: \*\*(.+?)\*\*", text).group(1)
+    assert chosen == summary["variants"]["chosen"]
+
+
+def check_verdicts(files: RunFiles, summary: dict) -> None:
+    """The premises, targets, variant choice and convergence records of results.json against this test's own
+    reading of issue 11's rules, from the run's evaluation rows and loss curves (one seed)."""
+    ev, ood = files.evals, files.ood
+
+    def agree(entry: dict, value: float, threshold: float, met: bool) -> bool:
+        """results.json's entry holds value and threshold (null where not a number) and the verdict."""
+        close = [e is None if not math.isfinite(x) else e == pytest.approx(x, rel=1e-9, abs=1e-12)
+                 for e, x in ((entry["value"], value), (entry["threshold"], threshold))]
+        return all(close) and entry["met"] is met
+
+    def rule(name: str) -> str:  # issue 11's comparisons: strictly lower, within a limit, at least
+        return "<" if name.startswith(("shift", "gap")) else ">=" if name.startswith(
+            ("resolvable", "artefact", "closure")) else "<="
+
+    def ratio(a, b) -> float:  # nan where a structure has no voxel at this resolution (no OOD value)
+        return a / b if a is not None and b else math.nan
+
+    inp = next(n for (_, _, n), row in ev.items() if row["baseline"])
+    m = lambda s, r, n, k: ev[(s, r, n)][k]  # noqa: E731
+    expected = {}  # name: (value, threshold, met)
+    for s in (LOW, HIGH):
+        expected[f"shift_liver_cov[{s}]"] = tuple(m(s, "v2", n, "liver_cov_pct") for n in ("v1-net", "v2-net"))
+        bias = [m(s, "v2", n, "liver_lesion_bias_ref_pct") for n in ("v1-net", "v2-net")]
+        if None not in bias and all(math.isfinite(b) for b in bias):
+            expected[f"shift_lesion_bias[{s}]"] = tuple(bias)
+        c1, c2 = m(s, "v1", inp, "liver_cov_pct"), m(s, "v2", inp, "liver_cov_pct")
+        expected[f"input_cov_match[{s}]"] = (100 * abs(c1 - c2) / c2, 15.0, 100 * abs(c1 - c2) / c2 <= 15)
+        expected[f"gap[{s}]"] = (m(s, "v2", "v2-net", "rmse_body_ref"), m(s, "v2", "v1-net", "rmse_body_ref"))
+    v2b = m(LOW, "v2", "v2-net", "liver_lesion_bias_ref_pct")
+    expected[f"resolvable_lesions[{LOW}]"] = (v2b, -10.0, v2b >= -10)
+    for (study, network), row in ood.items():
+        if network in ("v2-net", "TGD-net"):
+            given = next(x for (s, _), x in ood.items() if s == study and x["baseline"])
+            r = ratio(row["ood_rmse_ref"], given["ood_rmse_ref"])
+            who = network if network == "v2-net" else f"TGD-net s{SEED}"
+            expected[f"artefact[{study}, {who}]"] = (r, 1.5, r >= 1.5)
+    # strict "lower than" premises: value < threshold
+    expected = {k: v if len(v) == 3 else (*v, v[0] < v[1]) for k, v in expected.items()}
+    assert sorted(summary["premises"]) == sorted(expected)
+    for name, (value, threshold, met) in expected.items():
+        assert agree(summary["premises"][name], value, threshold, met), (name, summary["premises"][name])
+        assert summary["premises"][name]["rule"] == rule(name), name
+
+    r1, r2, rt = (m(LOW, "v2", n, "rmse_body_ref") for n in ("v1-net", "v2-net", "TGD-net"))
+    closure = 100 * (r1 - rt) / (r1 - r2)
+    bt, bf = (abs(m(LOW, "v2", n, "liver_lesion_bias_ref_pct")) for n in ("TGD-net", "FT-net"))
+    forget = {n: sum(m(s, "v1", n, "rmse_body_ref") - m(s, "v1", "v1-net", "rmse_body_ref") for s in (LOW, HIGH)) / 2
+              for n in ("TGD-net", "FT-net")}  # fmt: skip
+    ct, cf = (m(HIGH, "v2", n, "liver_cov_pct") for n in ("TGD-net", "FT-net"))
+    wanted = {f"closure[{LOW}]": (closure, 50.0, closure >= 50), f"lesion_bias_vs_ft[{LOW}]": (bt, bf, bt <= bf),
+              "forgetting": (forget["TGD-net"], forget["FT-net"] / 2, forget["TGD-net"] <= forget["FT-net"] / 2),
+              f"high_bmi_cov[{HIGH}]": (ct, cf, ct <= cf)}  # fmt: skip
+    for study in {s for s, _ in ood}:
+        for base, online in (("v2-net", "TGD_N2N-net"), ("TGD-net", "TGD2_N2N-net")):
+            b = ood[(study, base)]
+            o = next(row for (s, n), row in ood.items() if s == study and json_name(n) == online)
+            cut = 100 * (ratio(o["ood_rmse_ref"], b["ood_rmse_ref"]) - 1)
+            cov = 100 * (ratio(o["liver_pixel_cov_pct"], b["liver_pixel_cov_pct"]) - 1)
+            if not math.isfinite(cut):  # the report counts a seed only where both changes are measurable
+                cov = math.nan
+            wanted[f"online_ood_rmse[{study}, {online}]"] = (cut, -30.0, cut <= -30)
+            wanted[f"online_liver_cov[{study}, {online}]"] = (cov, 10.0, cov <= 10)
+    assert sorted(summary["targets"]) == sorted(wanted)
+    for name, (value, threshold, met) in wanted.items():
+        assert agree(summary["targets"][name], value, threshold, met), (name, summary["targets"][name])
+        assert summary["targets"][name]["rule"] == rule(name), name
+
+    # the variant choice: made on the validation study only
+    val, names = files.val, [n for n in files.tuned if n != "FT-net"]
+    vstudies = sorted({s for s, _, _ in val})
+    forgetting = {n: sum(val[(s, "v1", n)]["rmse_body_ref"] - val[(s, "v1", "v1-net")]["rmse_body_ref"]
+                         for s in vstudies) / len(vstudies) for n in files.tuned}  # fmt: skip
+    rmse = {n: sum(val[(s, "v2", n)]["rmse_body_ref"] for s in vstudies) / len(vstudies) for n in names}
+    qualified = [n for n in names if forgetting[n] <= forgetting["FT-net"] / 2]
+    chosen = min(qualified, key=rmse.get) if qualified else min(names, key=forgetting.get)
+    v = summary["variants"]
+    assert (v["chosen"], v["bundle_default"], v["chosen_is_default"]) == (chosen, "TGD-net", chosen == "TGD-net")
+    assert sorted(v["qualified"]) == sorted(qualified)
+    assert v["forgetting_limit"] == pytest.approx(forgetting["FT-net"] / 2, rel=1e-9)
+
+    cap = files.manifest["settings"]["finetune_epochs"]
+    for name, curve in files.tuning.items():
+        losses = [r["metrics"]["val_loss"] for r in curve]
+        assert summary["convergence"][name][str(SEED)] == {
+            "steps": curve[-1]["iteration"], "epochs": curve[-1]["epoch"], "train_seconds": curve[-1]["train_seconds"],
+            "val_loss_start": losses[0], "val_loss_best": min(losses), "val_loss_stop": losses[-1],
+            "stopped_by": "epoch cap" if curve[-1]["epoch"] >= cap else "plateau rule"}, name
+    assert summary["seeds"] == [SEED]
+
+
 class RunFiles:
     """What every table of the report is made of, read from the run's own files."""
 
@@ -111,14 +267,26 @@ class RunFiles:
                 key = (row["study"], row["recon"], row["network"])
                 assert key not in self.evals
                 self.evals[key] = row
-        self.tuned = list(_read(runs / f"eval_s{SEED}" / "evaluation.json")["networks"])  # FT-net, TGD-net, ablations
+        self.tuned = list(_read(runs / f"eval_s{SEED}" / "evaluation.json")["networks"])  # FT-net, TGD-net, variants
+        self.val = {}  # the validation section: shared networks and this seed's fine-tuned ones
+        for name in ("val_shared", f"val_s{SEED}"):
+            for row in _read(runs / name / "evaluation.json")["rows"]:
+                key = (row["study"], row["recon"], row["network"])
+                assert key not in self.val
+                self.val[key] = row
+        self.manifest = _read(work / "manifest.json")
         for path in sorted(runs.glob("ood_*/evaluation_ood.json")):
             for row in _read(path)["rows"]:
                 assert (row["study"], row["network"]) not in self.ood
                 self.ood[(row["study"], row["network"])] = row
-        self.sweeps = {name: _read(runs / name / "kse_sweep.json") for name in ("kse_sweep", "kse_sweep_no_wd")}
+        self.sweeps = {name: _read(runs / name / "kse_sweep.json") for name in ("kse_sweep", "kse_sweep_no_wd")
+                       if (runs / name).is_dir()}  # the no-weight-decay control: --controls only
         self.curves = {run: _read(runs / run / "loss_curve.json")["records"]
                        for run in ("v2", f"tgd_s{SEED}", f"ft_s{SEED}")}
+        # the loss curve of every fine-tuning run of SEED, by network: the run folder is runs/<stage>/
+        self.tuning = {name: _read(work / per_seed[str(SEED)])["records"]
+                       for name, per_seed in self.manifest["layout"]["curves"].items()
+                       if isinstance(per_seed, dict) and str(SEED) in per_seed}  # fmt: skip
         self.masks = _read(runs / f"tgd_s{SEED}" / "tgd_masks.json")["retrained_channels"]
         self.v1 = torch.load(work / "models" / "model_v1.pt", map_location="cpu", weights_only=True)
         self.stages, self.invocations = _read(work / "stages.json"), _read(work / "invocations.json")
@@ -176,6 +344,16 @@ class RunFiles:
             assert row[1:] == [f"{curve[0]['metrics']['val_loss']:.5f}", f"{final:.5f}", f"{seconds:.1f}", reached,
                                num(saved, 1)], row  # fmt: skip
 
+    def convergence(self, t: Table) -> None:
+        cap = self.manifest["settings"]["finetune_epochs"]
+        assert sorted(row[0] for row in t.rows) == sorted(f"{n}, seed {SEED}" for n in self.tuning)
+        for row in t.rows:
+            curve = self.tuning[row[0].split(",")[0]]
+            losses = [r["metrics"]["val_loss"] for r in curve]
+            assert row[1:] == [str(curve[-1]["iteration"]), str(curve[-1]["epoch"]),
+                               f"{curve[-1]['train_seconds']:.1f}", f"{losses[0]:.5f}", f"{min(losses):.5f}",
+                               f"{losses[-1]:.5f}", "epoch cap" if curve[-1]["epoch"] >= cap else "plateau rule"], row
+
     def online(self, t: Table) -> str:
         study, voxels = re.fullmatch(r"\*\*(\S+)\*\* \((\d+) voxels in the OOD ROI\)", t.label).groups()
         keys = [("ood_rmse_ref", 4), ("ood_mae_ref", 4), ("ood_bias_ref_pct", 2), ("liver_pixel_cov_pct", 2)]
@@ -185,16 +363,26 @@ class RunFiles:
             assert r["ood_voxels"] == int(voxels) and row[1:] == [num(r[k], d) for k, d in keys], row
         return study
 
-    def ablation(self, t: Table) -> None:
-        columns = {"v2 low BMI: lesion bias (%)": (LOW, "v2", "liver_lesion_bias_ref_pct", 2),
-                   "v2 low BMI: liver CoV (%)": (LOW, "v2", "liver_cov_pct", 2),
-                   "v2 high BMI: liver CoV (%)": (HIGH, "v2", "liver_cov_pct", 2),
-                   "v1 low BMI: liver CoV (%)": (LOW, "v1", "liver_cov_pct", 2),
-                   "v1 low BMI: body RMSE (SUV)": (LOW, "v1", "rmse_body_ref", 4)}
-        assert t.header[1:] == list(columns)
-        assert sorted(row[0] for row in t.rows) == sorted(n for n in self.tuned if n != "FT-net")
+    def variants(self, t: Table) -> str:
+        """A variants table (validation or test section, by its caption): each study's v2 numbers and the v1
+        forgetting (body-RMSE change from v1-net, mean over the studies) of FT-net, TGD-net and every variant."""
+        where, studies = re.fullmatch(r"\*\*(Validation|Test) \((.+)\)\*\*", t.label).groups()
+        rows, studies = (self.val if where == "Validation" else self.evals), studies.split(", ")
+        assert studies == sorted({s for s, _, _ in rows}) if where == "Validation" else studies == [LOW, HIGH]
+        assert [row[0] for row in t.rows] == list(self.tuned)  # FT-net, TGD-net, then the variants
         for row in t.rows:
-            assert row[1:] == [num(self.evals[(s, r, row[0])][k], d) for s, r, k, d in columns.values()], row
+            v1 = [rows[(s, "v1", row[0])]["rmse_body_ref"] - rows[(s, "v1", "v1-net")]["rmse_body_ref"]
+                  for s in studies]
+            assert row[1:] == [num(rows[(s, "v2", row[0])][k], d) for s in studies
+                               for k, d in (("rmse_body_ref", 4), ("liver_lesion_bias_ref_pct", 2),
+                                            ("liver_cov_pct", 2))] + [num(sum(v1) / len(v1), 4)], row
+        return where
+
+    def premise_table(self, t: Table) -> None:
+        assert t.header == ["premise", "what", "value", "rule", "threshold", "verdict"]
+
+    def target_table(self, t: Table) -> None:
+        assert t.header == ["target", "what", "value", "rule", "threshold", "verdict"]
 
     def hidden_convs(self, t: Table) -> None:
         layers = sum(1 for k in self.v1 if re.fullmatch(r"blocks\.\d+\.conv\.weight", k))
@@ -237,30 +425,49 @@ def test_report_and_figures_come_from_the_run(tiny_study):
         png = results.parent / "figures" / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert f"(figures/{name})" in text
-    for heading in ("## 1. Threshold study", "## 2. Fine-tuning", "## 3. Forgetting", "## 4. Cost",
-                    "## 5. Online learning", "## 6. Ablations"):  # fmt: skip
+    for heading in HEADINGS:
         assert heading in text
+    assert [text.index(h) for h in HEADINGS] == sorted(text.index(h) for h in HEADINGS)
 
     files = RunFiles(work)
     seen: dict[str, list] = {}
     for t in markdown_tables(text):
         assert all(len(row) == len(t.header) for row in t.rows), t.header
         first, second = t.header[0], t.header[1]
-        kind = {"φ": "sweep", "metric": "table1", "run": "cost", "variant": "ablation", "hidden conv": "hidden_convs",
-                "layer": "kse_histogram", "started": "invocations_table", "stage": "stage_seconds"}.get(first)
+        kind = {"φ": "sweep", "metric": "table1", "variant": "variants", "hidden conv": "hidden_convs",
+                "layer": "kse_histogram", "started": "invocations_table", "stage": "stage_seconds",
+                "premise": "premise_table", "target": "target_table"}.get(first)
         if first == "network":
             kind = "online" if second.startswith("OOD RMSE") else "forgetting"
+        if first == "run":
+            kind = "convergence" if second == "steps" else "cost"
         assert kind is not None, f"a table this test does not check: {t.header}"
-        seen.setdefault(kind, []).append(getattr(files, kind)(t))
-    assert len(seen["sweep"]) == 2 and sorted(seen["table1"]) == [(HIGH, "v2"), (LOW, "v2")]
+        seen.setdefault(kind, []).append(getattr(files, kind)(t) if hasattr(files, kind) else t)
+    assert len(seen["sweep"]) == len(files.sweeps) == 1  # the tiny run has no --controls
+    assert sorted(seen["table1"]) == sorted((s, r) for s in (LOW, HIGH) for r in ("v1", "v2"))
     assert sorted(seen["forgetting"]) == [(HIGH, "v1"), (HIGH, "v2"), (LOW, "v1")]
     assert sorted(seen["online"]) == sorted({s for s, _ in files.ood})
-    assert all(len(seen[k]) == 1 for k in ("cost", "ablation", "hidden_convs", "kse_histogram", "invocations_table",
-                                           "stage_seconds"))  # fmt: skip
+    assert sorted(seen["variants"]) == ["Test", "Validation"]
+    assert all(len(seen[k]) == 1 for k in ("cost", "convergence", "hidden_convs", "kse_histogram",
+                                           "invocations_table", "stage_seconds", "premise_table", "target_table"))
 
     # every stage's exact command is in its log, so it can be rerun by hand
     log = (work / "logs" / "tgd_s0.log").read_text(encoding="utf-8")
     assert log.startswith("$ ") and "-m monai.bundle run" in log.splitlines()[0] and "configs/tgd_s0.json" in log
+
+
+def test_premises_targets_and_variants_follow_their_rules(tiny_study):
+    """Each premise, target, the variant choice and the convergence records of results.json, recomputed here from
+    the run's evaluation files and loss curves with the rules of issue 11 (one seed: means are the values)."""
+    work, results = tiny_study
+    check_verdicts(RunFiles(work), _read(results.parent / "results.json"))
+
+
+def test_results_json_agrees_with_the_markdown(tiny_study):
+    """results.json holds the markdown's numbers: every Table 1 and online cell (mean and SD), every premise and
+    target with its verdict; and the premises come before the first TGD number of results.md."""
+    _, results = tiny_study
+    check_json_against_markdown(results.read_text(encoding="utf-8"), _read(results.parent / "results.json"))
 
 
 def test_second_run_reuses_every_stage(tiny_study, capsys):
@@ -273,8 +480,9 @@ def test_second_run_reuses_every_stage(tiny_study, capsys):
 
 
 def test_cut_off_training_resumes_from_its_checkpoint(tiny_study):
-    """A training stage cut off after epoch 1 of 3 (its epoch-1 checkpoint written, no final model) resumes from that
-    checkpoint: the resumed process restores it, trains epochs 2-3 only, carries the loss curve on, and ends with the
+    """A training stage cut off after epoch 1 (its epoch-1 checkpoint written, no final model) resumes from that
+    checkpoint: the resumed process restores it, trains epochs 2 to the uninterrupted run's last (its epoch cap or
+    plateau stop) only, carries the loss curve on, and ends with the
     uninterrupted run's weights (bit for bit where the stages can be deterministic: see tests/_bitwise.py)."""
     import torch
 
@@ -283,7 +491,8 @@ def test_cut_off_training_resumes_from_its_checkpoint(tiny_study):
     weights = torch.load(final, weights_only=True)
     curve = _read(run_dir / "loss_curve.json")["records"]
     threads = _read(work / "stages.json")["ft_s0"]["threads"]
-    assert run_study.PROFILES["tiny"]["finetune_epochs"] == 3 and [r["epoch"] for r in curve] == [0, 1, 2, 3]
+    last = curve[-1]["epoch"]  # the cap, or where the plateau rule stopped the run
+    assert last >= 2 and [r["epoch"] for r in curve] == list(range(last + 1))
 
     # the interrupted run: the stage's command and settings in a fresh run folder (as the study starts one), stopped
     # after epoch 1's checkpoint (epochs=1) and without its final model
@@ -316,7 +525,9 @@ def test_cut_off_training_resumes_from_its_checkpoint(tiny_study):
     assert resumed.startswith("$ ") and resumed.count("\n$ ") == 0
     assert f"Restored all variables from {run_dir / 'checkpoint_epoch=1.pt'}" in resumed
     trained = [int(e) for e in re.findall(r"SupervisedTrainer\b.*\bEpoch\[(\d+)\] Complete", resumed)]
-    assert trained == [2, 3]  # a run started from scratch would train epoch 1 again
+    # an epoch the plateau rule ends is trained, but ignite does not log it as complete
+    trained += [int(e) for e in re.findall(r"PlateauStopHandler\b.*\bstopping at epoch (\d+)", resumed)]
+    assert trained == list(range(2, last + 1))  # a run started from scratch would train epoch 1 again
 
     assert_same_weights(weights, torch.load(final, weights_only=True), exact=CHILD_RUNS_EXACT)
     records = _read(run_dir / "loss_curve.json")["records"]
@@ -335,11 +546,11 @@ def test_changed_settings_rerun_the_stage_and_what_depends_on_it(tiny_study):
     before = {name: study.fingerprint(s) for name, s in stages.items()}
     changed = run_study.Study("tiny", work, [0])
     changed.prepare()
-    changed.settings = {**changed.settings, "finetune_epochs": 4}
+    changed.settings = {**changed.settings, "finetune_epochs": changed.settings["finetune_epochs"] + 1}
     after = {s.name: changed.fingerprint(s) for s in changed.stages()}
     moved = {name for name in before if before[name] != after[name]}
     assert {"ft_s0", "tgd_s0", "eval_s0"} <= moved
-    assert not moved & {"v1", "v2", "kse_sweep", "eval_shared", "ood_shared"}
+    assert not moved & {"v1", "v2", "kse_sweep", "eval_shared", "val_shared", "ood_shared"}
 
 
 def test_bad_arguments_fail_before_any_work(tmp_path):

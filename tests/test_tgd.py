@@ -7,9 +7,22 @@ from torch.optim.optimizer import _global_optimizer_post_hooks
 
 from monai_tgd.kse import kse_scores
 from monai_tgd.networks import DnCNN
-from monai_tgd.tgd import TGD, conv_chain, drop_redundant, kse_masks, mask_summary
+from monai_tgd.tgd import (
+    TGD,
+    conv_chain,
+    drop_redundant,
+    frozen_rows,
+    kse_masks,
+    mask_summary,
+)
 
-from .conftest import OUTPUT_CONV, assert_frozen_rows_kept, tgd_frozen_rows
+from .conftest import (
+    OUTPUT_CONV,
+    assert_frozen_elements_kept,
+    assert_frozen_rows_kept,
+    tgd_frozen_elements,
+    tgd_frozen_rows,
+)
 
 HIDDEN = [f"blocks.{i}.conv" for i in range(3)]
 
@@ -383,3 +396,153 @@ def test_only_optimizers_of_the_network_restore_frozen_rows():
         loss_of(net, 0).backward()
         opt.step()
         assert torch.equal(net.blocks[0].conv.weight[1], original)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# readers: the kernels that read retrained maps
+
+
+READER_OPTIMIZERS = {k: OPTIMIZERS[k] for k in ("sgd_momentum_decay", "adam", "adamw_decay")}
+LAST_HIDDEN = HIDDEN[-1]  # feeds the output conv
+
+
+def test_readers_none_is_the_paper_rule():
+    """``readers="none"`` (and the default) freezes exactly the rows of the hidden convs and BNs and the whole output
+    conv, as 1-D row masks: the rule before readers existed, listed independently from DnCNN's naming."""
+    net = small_net()
+    masks = kse_masks(net, 0.3)
+    base = snapshot(net)
+    expected = {**tgd_frozen_rows(base, masks), f"{OUTPUT_CONV}.weight": torch.ones(1, dtype=torch.bool),
+                f"{OUTPUT_CONV}.bias": torch.ones(1, dtype=torch.bool)}  # fmt: skip
+    for rows in (frozen_rows(net, masks), frozen_rows(net, masks, readers="none")):
+        assert sorted(rows) == sorted(expected)
+        for key, frozen in rows.items():
+            assert frozen.dim() == 1 and torch.equal(frozen, expected[key]), key
+
+
+@pytest.mark.parametrize("readers", ["output", "all"])
+def test_frozen_rows_with_readers_match_independent_listing(readers):
+    """The reader kernels unfrozen by ``frozen_rows`` are those listed from DnCNN's naming; weights with reader
+    columns come as ``(out_channels, in_channels)`` masks, everything else stays 1-D."""
+    net = small_net()
+    masks = kse_masks(net, 0.3)
+    base = snapshot(net)
+    expected = tgd_frozen_elements(base, masks, readers)
+    rows = frozen_rows(net, masks, readers=readers)
+    assert sorted(rows) == sorted(expected)
+    two_d = {OUTPUT_CONV + ".weight"} | ({f"{n}.weight" for n in HIDDEN[1:]} if readers == "all" else set())
+    for key, frozen in rows.items():
+        assert frozen.dim() == (2 if key in two_d else 1), key
+        full = frozen.view(*frozen.shape, *([1] * (base[key].dim() - frozen.dim()))).expand_as(base[key])
+        assert torch.equal(full, expected[key]), key
+
+
+def run_readers(net, masks, mode, readers, make_optimizer, steps=5):
+    """Train under TGD, checking after every backward that frozen elements have exactly zero gradient and after every
+    step that they are bit-identical (both from the independent listing); returns the weights at install."""
+    opt = make_optimizer(net)
+    before = snapshot(net)
+    frozen = tgd_frozen_elements(before, masks, readers)
+    params = dict(net.named_parameters())
+    with TGD(net, masks, mode=mode, readers=readers):
+        for step in range(steps):
+            opt.zero_grad()
+            loss_of(net, step).backward()
+            for key, f in frozen.items():
+                if key in params:
+                    assert not params[key].grad[f].any(), f"step {step}: frozen elements of {key} got a gradient"
+            opt.step()
+            assert_frozen_elements_kept(before, net.state_dict(), masks, readers, where=f"{mode} {readers} step {step}")
+    return before
+
+
+def kernels_moved(now, then):
+    """Per kernel ``[m, c]`` of a conv weight: did any of its elements change."""
+    return (now != then).flatten(2).any(dim=2)
+
+
+@pytest.mark.parametrize("mode", ["activation", "parameter"])
+@pytest.mark.parametrize("make_optimizer", READER_OPTIMIZERS.values(), ids=READER_OPTIMIZERS.keys())
+def test_readers_output_trains_only_the_output_columns_of_retrained_maps(mode, make_optimizer):
+    net = small_net()
+    masks = kse_masks(net, 0.3)
+    retrained = masks[LAST_HIDDEN]
+    assert retrained.any() and not retrained.all()
+    before = run_readers(net, masks, mode, "output", make_optimizer)
+    after = net.state_dict()
+    w_now, w_then = after[f"{OUTPUT_CONV}.weight"], before[f"{OUTPUT_CONV}.weight"]
+    moved = kernels_moved(w_now, w_then)
+    assert moved[:, retrained].all(), f"reader columns {retrained.nonzero().flatten().tolist()} did not all move"
+    assert torch.equal(w_now[:, ~retrained], w_then[:, ~retrained]), "other output columns moved"
+    assert torch.equal(after[f"{OUTPUT_CONV}.bias"], before[f"{OUTPUT_CONV}.bias"]), "output bias moved"
+    for name in HIDDEN[1:]:  # hidden consumers keep whole frozen rows with "output"
+        frozen = ~masks[name]
+        assert torch.equal(after[f"{name}.weight"][frozen], before[f"{name}.weight"][frozen]), name
+
+
+@pytest.mark.parametrize("make_optimizer", READER_OPTIMIZERS.values(), ids=READER_OPTIMIZERS.keys())
+def test_readers_all_trains_reader_kernels_in_frozen_rows(make_optimizer):
+    net = small_net()
+    masks = kse_masks(net, 0.3)
+    before = run_readers(net, masks, "parameter", "all", make_optimizer)
+    after = net.state_dict()
+    for i in range(1, 4):  # every conv fed by a hidden conv
+        name, fed_by = f"blocks.{i}.conv", f"blocks.{i - 1}.conv"
+        maps = masks[fed_by]
+        rows = ~masks[name] if name in masks else torch.ones(after[f"{name}.weight"].shape[0], dtype=torch.bool)
+        assert rows.any() and maps.any()
+        now, then = after[f"{name}.weight"][rows], before[f"{name}.weight"][rows]
+        assert kernels_moved(now[:, maps], then[:, maps]).all(), f"reader kernels of frozen rows of {name} stayed"
+        assert torch.equal(now[:, ~maps], then[:, ~maps]), f"other kernels of frozen rows of {name} moved"
+
+
+def test_readers_errors():
+    net = small_net()
+    masks = half_masks(net)
+    with pytest.raises(ValueError, match=r"readers='all' needs mode='parameter', got mode='activation'"):
+        TGD(net, masks, mode="activation", readers="all")
+    with pytest.raises(ValueError, match=r"readers must be one of \('none', 'output', 'all'\), got 'outputs'"):
+        TGD(net, masks, readers="outputs")
+    with pytest.raises(ValueError, match="readers must be one of"):
+        frozen_rows(net, masks, readers=None)
+    with pytest.raises(ValueError, match="readers must be one of"):
+        mask_summary(net, masks, readers="some")
+    # nothing installed by the refused calls: a TGD goes on, and the network trains plainly after its removal
+    assert all(not m._forward_hooks for m in net.modules()) and all(not p._backward_hooks for p in net.parameters())
+    TGD(net, masks, mode="parameter", readers="all").remove()
+
+
+def test_mask_summary_counts_reader_kernels():
+    net = small_net()
+    masks = half_masks(net)  # 4 of 8 channels per hidden conv
+    hidden = sum(p.numel() for i in range(3) for p in net.blocks[i].parameters())  # convs and their BNs
+    out = sum(p.numel() for p in net.blocks[3].conv.parameters())
+    half = mask_summary(net, masks)["overall"]
+    assert half == 0.5
+    assert mask_summary(net, masks, readers="output")["overall"] == (0.5 * hidden + 4 * 9) / (hidden + out)
+    # "all": also the 4 frozen rows x 4 reader columns x 9 of blocks.1 and blocks.2
+    assert mask_summary(net, masks, readers="all")["overall"] == (0.5 * hidden + 4 * 9 + 2 * 4 * 4 * 9) / (hidden + out)
+
+
+def output_change(readers, steps=8):
+    net = small_net()
+    masks = kse_masks(net, 0.3)
+    x, _ = batch(50)
+    with torch.no_grad():
+        start = net.eval()(x)
+    net.train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    with TGD(net, masks, mode="parameter", readers=readers):
+        for step in range(steps):
+            opt.zero_grad()
+            loss_of(net, step).backward()
+            opt.step()
+    with torch.no_grad():
+        return float((net.eval()(x) - start).pow(2).mean().sqrt())
+
+
+def test_readers_output_lets_retrained_maps_reach_the_output():
+    """From the same start and data, a few steps move the output on a fixed input several times more when the output
+    conv's reader columns of the retrained maps train (their kernels start near zero, as in the measured problem)."""
+    none, output = output_change("none"), output_change("output")
+    assert output > 2 * none > 0, (none, output)

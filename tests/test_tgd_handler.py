@@ -11,9 +11,14 @@ from torch import nn
 from monai_tgd.handlers import TGDHandler
 from monai_tgd.handlers import tgd_handler as tgd_handler_module
 from monai_tgd.networks import DnCNN
-from monai_tgd.tgd import kse_masks
+from monai_tgd.tgd import kse_masks, mask_summary
 
-from .conftest import assert_frozen_rows_kept, assert_tgd_kept_frozen
+from .conftest import (
+    OUTPUT_CONV,
+    assert_frozen_elements_kept,
+    assert_frozen_rows_kept,
+    assert_tgd_kept_frozen,
+)
 
 
 def make_net(seed=0):
@@ -82,6 +87,7 @@ def test_trainer_run_installs_logs_writes_and_removes(tmp_path, caplog):
     assert {k: v.tolist() for k, v in masks.items()} == {k: v.tolist() for k, v in expected_masks.items()}
     info = json.loads((tmp_path / "tgd_masks.json").read_text())
     assert info["threshold"] == 0.3 and info["mode"] == "activation" and 0 < info["retrained_fraction"]["overall"] < 1
+    assert info["readers"] == "none"
     assert "TGD retrains 50.0% of blocks.1.conv" in caplog.text and "of overall" in caplog.text
     saved = sorted((tmp_path / "ckpt").glob("*.pt"))  # names sort by iteration here (single digits)
     assert [f.name for f in saved] == [f"checkpoint_iteration={i}.pt" for i in (2, 4, 6)]
@@ -180,3 +186,41 @@ def test_errors(tmp_path):
     torch.save([1, 2], tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="must hold a dict of conv name -> bool tensor"):
         TGDHandler(masks=tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize("mode", ["activation", "parameter"])
+def test_readers_output_run(tmp_path, mode):
+    """``readers="output"`` through the handler: the frozen elements (the output conv's bias and its columns of kept
+    maps included) are bit-identical after every iteration's step under AdamW's decay, the output columns of the
+    retrained maps move, and ``tgd_masks.json`` records ``readers`` and counts the reader kernels."""
+    net, original = make_net(), make_net()
+    base = {k: v.clone() for k, v in original.state_dict().items()}
+    masks = kse_masks(original, 0.3)
+    handler = TGDHandler(threshold=0.3, mode=mode, readers="output", output_dir=tmp_path)
+    engine = trainer(net, [handler], optimizer=torch.optim.AdamW(net.parameters(), lr=1e-2, weight_decay=0.1))
+    checked = []
+
+    @engine.on(Events.ITERATION_COMPLETED)
+    def frozen_after_step(engine):
+        assert handler.tgd is not None and handler.tgd.readers == "output"
+        assert_frozen_elements_kept(base, net.state_dict(), masks, "output", where=f"iteration {engine.state.iteration}")
+        checked.append(engine.state.iteration)
+
+    engine.run()
+    assert checked == list(range(1, 7))
+    retrained = masks["blocks.2.conv"]
+    w_now, w_then = net.state_dict()[f"{OUTPUT_CONV}.weight"], base[f"{OUTPUT_CONV}.weight"]
+    assert (w_now[:, retrained] != w_then[:, retrained]).flatten(2).any(dim=2).all()
+    assert torch.equal(w_now[:, ~retrained], w_then[:, ~retrained])
+    info = json.loads((tmp_path / "tgd_masks.json").read_text())
+    assert info["readers"] == "output" and info["mode"] == mode
+    assert info["retrained_fraction"]["overall"] == mask_summary(original, masks, readers="output")["overall"]
+    assert info["retrained_fraction"]["overall"] != mask_summary(original, masks)["overall"]
+
+
+def test_readers_errors():
+    with pytest.raises(ValueError, match=r"TGDHandler: readers must be one of \('none', 'output', 'all'\), got 'x'"):
+        TGDHandler(readers="x")
+    with pytest.raises(ValueError, match="readers='all' needs mode='parameter', got mode='activation'"):
+        TGDHandler(readers="all")
+    assert TGDHandler(readers="all", mode="parameter").readers == "all"

@@ -1,5 +1,6 @@
 from .epoch_seed import EpochSeedHandler
 from .loss_curve import LossCurveHandler
+from .plateau_stop import PlateauStopHandler
 from .tgd_handler import TGDHandler
 
-__all__ = ["TGDHandler", "EpochSeedHandler", "LossCurveHandler"]
+__all__ = ["TGDHandler", "EpochSeedHandler", "LossCurveHandler", "PlateauStopHandler"]

@@ -17,7 +17,7 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from ..io import atomic_path
-from ..tgd import BN_STATS, MODES, TGD, ConvChain, conv_chain, kse_masks, mask_summary, threshold_for_budget
+from ..tgd import BN_STATS, MODES, READERS, TGD, ConvChain, conv_chain, kse_masks, mask_summary, threshold_for_budget
 
 __all__ = ["TGDHandler"]
 
@@ -64,6 +64,8 @@ class TGDHandler:
         max_change: with ``threshold="auto"``: the budget, a relative RMSE in (0, 1) (0.01 = 1 %).
         calibration: with ``threshold="auto"``: network inputs ``[B, C_in, *spatial]``, an iterable of such batches,
             or a callable returning either (called once, at the first iteration: loading waits until it is needed).
+        readers: see :class:`monai_tgd.tgd.TGD` (one of ``READERS``; ``"all"`` needs ``mode="parameter"``); written to
+            ``tgd_masks.json`` and counted in its ``retrained_fraction["overall"]``.
 
     Raises:
         TypeError / ValueError / FileNotFoundError: at construction, for any argument out of the forms above.
@@ -83,6 +85,7 @@ class TGDHandler:
         name: str | None = None,
         max_change: float = 0.01,
         calibration: torch.Tensor | Iterable[torch.Tensor] | Callable[[], Any] | None = None,
+        readers: str = "none",
     ) -> None:
         if threshold == AUTO:
             if not _is_real(max_change) or not 0.0 < max_change < 1.0:
@@ -100,6 +103,13 @@ class TGDHandler:
             raise TypeError(f"TGDHandler: freeze_output must be a bool, got {freeze_output!r}.")
         if bn_stats not in BN_STATS:
             raise ValueError(f"TGDHandler: bn_stats must be one of {BN_STATS}, got {bn_stats!r}.")
+        if not isinstance(readers, str) or readers not in READERS:
+            raise ValueError(f"TGDHandler: readers must be one of {READERS}, got {readers!r}.")
+        if readers == "all" and mode != "parameter":
+            raise ValueError(
+                f"TGDHandler: readers='all' needs mode='parameter', got mode={mode!r} (in activation mode the reader "
+                "kernels in frozen rows get no gradient); use readers='output' with mode='activation'."
+            )
         if not _is_real(alpha) or not math.isfinite(alpha) or alpha < 0:
             raise ValueError(f"TGDHandler: alpha must be a finite number >= 0 (1 in the paper), got {alpha!r}.")
         if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
@@ -116,7 +126,7 @@ class TGDHandler:
         self.max_change, self.calibration = _plain(max_change), calibration
         #: with threshold="auto": {"threshold": chosen phi, "change": its relative RMSE}, once chosen
         self.chosen: dict[str, float] | None = None
-        self.mode, self.freeze_output, self.bn_stats = mode, freeze_output, bn_stats
+        self.mode, self.freeze_output, self.bn_stats, self.readers = mode, freeze_output, bn_stats, readers
         if isinstance(masks, (str, os.PathLike)):
             self.masks = _load_masks(masks)
         else:
@@ -139,8 +149,10 @@ class TGDHandler:
         chain = conv_chain(network)  # the one trace of this install
         if self.masks is None:
             self.masks = self._masks_for(engine, network, chain)
-        self.tgd = TGD(network, self.masks, self.mode, self.freeze_output, self.bn_stats, chain=chain)
-        summary = mask_summary(network, self.masks, chain=chain)
+        self.tgd = TGD(
+            network, self.masks, self.mode, self.freeze_output, self.bn_stats, chain=chain, readers=self.readers
+        )
+        summary = mask_summary(network, self.masks, chain=chain, readers=self.readers)
         for layer, fraction in summary.items():
             self.logger.info(f"TGD retrains {100 * fraction:.1f}% of {layer}")
         if not any(m.any() for m in self.masks.values()):
@@ -182,7 +194,8 @@ class TGDHandler:
             torch.save(self.masks, tmp)
         info = {
             "threshold": self.threshold, **self._auto_info(), "alpha": self.alpha, "k": self.k, "mode": self.mode,
-            "freeze_output": self.freeze_output, "bn_stats": self.bn_stats, "retrained_fraction": summary,
+            "freeze_output": self.freeze_output, "bn_stats": self.bn_stats, "readers": self.readers,
+            "retrained_fraction": summary,
             "retrained_channels": {n: m.nonzero().flatten().tolist() for n, m in self.masks.items()},
         }  # fmt: skip
         with atomic_path(self.output_dir / SUMMARY_FILE) as tmp:

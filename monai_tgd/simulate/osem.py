@@ -9,10 +9,11 @@ scatter + randoms rate, ``kappa`` the scanner sensitivity and ``B`` the detector
 (identity for v1). Since ``T_f`` and ``kappa`` are in the model, the images are activity concentrations in the
 phantom's SUV-like units whatever the duration, so a 60 s image and a 600 s image share one scale.
 
-* v1: no resolution modelling (``B = I``) and a post-filter of FWHM ``1.7 x`` the detector PSF: coarse noise
-  grain, small lesions blurred.
+* v1: no resolution modelling (``B = I``), more iterations (the cohort's ``Profile.v1_iterations``) and a
+  post-filter of FWHM ``1.7 x`` the detector PSF: coarse noise grain.
 * v2: the detector blur modelled in the system (``B`` = Gaussian of the PSF FWHM) and a post-filter of
-  ``0.67 x`` the PSF: finer noise grain, better lesion contrast.
+  ``0.67 x`` the PSF: finer noise grain at about the v1 noise level (the paper's protocol change: texture and
+  resolution, not noise level).
 
 Post-filters are 2D Gaussians in the slice plane (the acquisition is 2D). All slices and frames of a study are
 reconstructed together as the columns of one matrix, in chunks of :data:`~.projector.CHUNK_COLUMNS`.

@@ -6,7 +6,9 @@ run's checkpoints, and every sentence comparing with the paper is computed from 
 
 Modules: :mod:`.results` (reading the run), :mod:`.stats` (summaries and wording), :mod:`.paper` (the paper's
 numbers), :mod:`.networks` (checkpoints as the bundle's networks), :mod:`.tgd_effects` (what TGD did to them),
-:mod:`.figures`, :mod:`.sections` (one module per section of ``results.md``) and :mod:`.writer`.
+:mod:`.checks` (premises, convergence, variants and targets: the verdicts, shared by the markdown and the JSON),
+:mod:`.summary` (``results.json``), :mod:`.figures`, :mod:`.sections` (one module per section of ``results.md``) and
+:mod:`.writer`.
 """
 
 from __future__ import annotations

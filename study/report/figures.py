@@ -114,12 +114,12 @@ def figure_kse(res: Results, path: Path) -> None:
 
 def figure_kse_distribution(res: Results, path: Path) -> None:
     """KSE score histograms of the v1-net and of its no-weight-decay control, and the flagged fraction as the
-    v1-net, the control and the v2-net train."""
+    v1-net, the control and the v2-net train (the control only when the run has it: ``--controls``)."""
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
-    for sweep, colour, style, label in ((res.kse, "k", "-", "v1-net"),
-                                        (res.kse_no_wd, "tab:orange", "--", "no weight decay")):  # fmt: skip
+    sweeps = [(res.kse, "k", "-", "v1-net"), (res.kse_no_wd, "tab:orange", "--", "no weight decay")]
+    for sweep, colour, style, label in (s for s in sweeps if s[0] is not None):  # the control: --controls only
         edges = np.asarray(sweep["histogram"]["bin_edges"])
         a.stairs(sweep["histogram"]["counts"], edges, color=colour, ls=style, lw=2, label=label)
     a.axvline(0.3, color="r", ls="--", lw=1, label="φ = 0.3")
@@ -129,6 +129,8 @@ def figure_kse_distribution(res: Results, path: Path) -> None:
     a.legend(fontsize=7)
     for name, colour, label in (("v1-net", "k", "v1-net"), ("no weight decay", "tab:orange", "v1, no weight decay"),
                                 ("v2-net", "tab:blue", "v2-net")):  # fmt: skip
+        if name not in res.curves:
+            continue
         curve = res.curves[name]
         b.plot([r["epoch"] for r in curve], [r["probes"]["kse_flagged_channels_pct"] for r in curve], ".-",
                color=colour, label=label, ms=3)
@@ -155,7 +157,7 @@ def figure_curves(res: Results, path: Path) -> None:
     ax.set_xscale("symlog", linthresh=10)  # the fine-tuning runs last seconds, the v2-net's training minutes
     ax.set_xlim(left=0)
     ax.set_xlabel("training wall time (s, validation excluded; linear below 10 s, log above)")
-    ax.set_ylabel("validation MSE (v2, 60 s vs 600 s)")
+    ax.set_ylabel("validation MSE (validation study, v2, 60 s vs 600 s)")
     ax.legend(fontsize=7)
     _save(fig, path)
 

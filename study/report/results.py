@@ -16,6 +16,8 @@ from .stats import spread
 MAIN_NETWORKS = ["v1-net", "v2-net", "FT-net", "TGD-net"]
 #: the cohort's two v2 test studies (Table 1 and Fig. 5)
 LOW, HIGH = "test_low_bmi_lesion", "test_high_bmi"
+#: results.json's network names for the report's labels (the online networks' labels name their base)
+CANONICAL = {"TGD_N2N-net (on v2-net)": "TGD_N2N-net", "TGD2_N2N-net (on TGD-net)": "TGD2_N2N-net"}
 
 
 def read_json(path: Path) -> dict:
@@ -23,6 +25,12 @@ def read_json(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"report: {path} is missing; run study/run_study.py to produce it.")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def same_checkpoint(row: Mapping, checkpoint: Path) -> bool:
+    """Whether an evaluation row is of ``checkpoint``: by file name (``model_<stage>.pt``, one per stage), so a work
+    folder that was moved or copied still matches the absolute paths its evaluation files hold."""
+    return Path(row["checkpoint"]).name == Path(checkpoint).name
 
 
 class Results:
@@ -34,8 +42,9 @@ class Results:
         self.seeds = list(manifest["seeds"])
         self.weight_decay = float(manifest["weight_decay"])
         kse = {name: read_json(work / path) for name, path in self.layout["kse"].items()}
-        self.kse, self.kse_no_wd = kse["v1-net"], kse["no weight decay"]
-        # curves: {"v1-net" | "v2-net" | "no weight decay": records, ("FT-net" | "TGD-net", seed): records}
+        # the no-weight-decay control runs only with --controls: None without it
+        self.kse, self.kse_no_wd = kse["v1-net"], kse.get("no weight decay")
+        # curves: {"v1-net" | "v2-net" | "no weight decay": records, (fine-tuned network or variant, seed): records}
         self.curves: dict = {}
         for name, where in self.layout["curves"].items():
             if isinstance(where, str):
@@ -53,6 +62,12 @@ class Results:
         for path in self.layout["evaluations"]:
             for row in read_json(work / path)["rows"]:
                 self.eval.setdefault((row["study"], row["recon"], row["network"]), []).append(row)
+        # the same networks on the validation section (where every choice is made): (study, recon, network) -> rows
+        self.val: dict[tuple, list[dict]] = {}
+        for path in self.layout.get("validation_evaluations", []):
+            for row in read_json(work / path)["rows"]:
+                self.val.setdefault((row["study"], row["recon"], row["network"]), []).append(row)
+        self.val_studies = sorted({k[0] for k in self.val})
         self.ood: dict[tuple, list[dict]] = {}  # (study, network) -> one row per seed (shared nets: one)
         for path in self.layout["ood_evaluations"]:
             for row in read_json(work / path)["rows"]:
@@ -62,6 +77,16 @@ class Results:
 
     def metric(self, study: str, recon: str, network: str, key: str) -> dict:
         return spread([r[key] for r in self.eval.get((study, recon, network), [])])
+
+    def val_metric(self, study: str, recon: str, network: str, key: str) -> dict:
+        return spread([r[key] for r in self.val.get((study, recon, network), [])])
+
+    def label(self, network: str) -> str:
+        """results.json's name of a network: ``input`` for the un-denoised input, the online networks without the
+        name of their base."""
+        if network in (self.input_name, self.ood_input_name):
+            return "input"
+        return CANONICAL.get(network, network.split(" (on ")[0])
 
     def ood_metric(self, study: str, network: str, key: str) -> dict:
         return spread([r[key] for r in self.ood.get((study, network), [])])
@@ -79,7 +104,7 @@ class Results:
         rows = self.eval.get((study, recon, network), [])
         if len(rows) == 1:
             return rows[0]
-        return next((r for r in rows if Path(r["checkpoint"]) == self.checkpoint(network, seed)), None)
+        return next((r for r in rows if same_checkpoint(r, self.checkpoint(network, seed))), None)
 
     def ood_row(self, study: str, network: str, seed: int) -> dict | None:
         rows = self.ood.get((study, network), [])
@@ -87,7 +112,7 @@ class Results:
             return rows[0]
         online = network in self.manifest["online_bases"].values()
         checkpoint = self.checkpoint(network, seed, study if online else None)
-        return next((r for r in rows if Path(r["checkpoint"]) == checkpoint), None)
+        return next((r for r in rows if same_checkpoint(r, checkpoint)), None)
 
     def train_seconds(self, curve) -> float:
         return float(self.curves[curve][-1]["train_seconds"])

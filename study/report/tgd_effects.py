@@ -38,7 +38,8 @@ def frozen_rows_moved(res: Results, seed: int) -> list[str]:
     tuned = torch.load(res.checkpoint("TGD-net", seed), map_location="cpu", weights_only=True)
     chain = conv_chain(v1)
     frozen = frozen_rows(v1, _masks(settings, chain), freeze_output=settings["freeze_output"],
-                         bn_stats=settings["bn_stats"], chain=chain)  # fmt: skip
+                         bn_stats=settings["bn_stats"], chain=chain,
+                         readers=settings.get("readers", "none"))  # fmt: skip
     return [key for key, value in v1.state_dict().items()
             if key in frozen and not torch.equal(value[frozen[key]], tuned[key][frozen[key]])]  # fmt: skip
 

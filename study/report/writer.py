@@ -1,4 +1,5 @@
-"""Write the report: ``results.md`` (the introduction, then every section) and its figures, all atomically."""
+"""Write the report: ``results.md`` (the introduction, then every section), ``results.json`` and the figures, all
+atomically."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from .figures import FIGURES
 from .results import Results
 from .sections import SECTIONS
+from .summary import summary
 
 
 def introduction(manifest: Mapping) -> list[str]:
@@ -25,14 +27,18 @@ def introduction(manifest: Mapping) -> list[str]:
         f"Sizes: the `{manifest['profile']}` simulated cohort; the bundle's "
         + ("`paper.json`" if settings["bundle_files"] else "`common.json`")
         + (f" with {json.dumps(bundle)}" if bundle else "")
-        + f"; v1-net and v2-net {settings['pretrain_epochs']} epochs; FT-net and TGD-net {settings['finetune_epochs']} "
-        f"epochs; online N2N {settings['n2n_epochs']} epochs of {settings['n2n_samples']} slabs per half.",
+        + f"; v1-net and v2-net {settings['pretrain_epochs']} epochs; every fine-tuning until its validation loss "
+        f"flattens (patience {settings['finetune_patience']} validations, at most {settings['finetune_epochs']} "
+        f"epochs); online N2N {settings['n2n_epochs']} epochs of {settings['n2n_samples']} slabs per half. Every "
+        "choice (stopping, variant) is made on the validation study, never on a test study. The same numbers as "
+        "plain JSON: `results.json` (SD 0 for networks with one value).",
         "",
     ]
 
 
 def write_report(work: Path, docs: Path, manifest: Mapping) -> Path:
-    """Write ``docs/results.md`` and ``docs/figures/*.png`` from the study run in ``work``; returns the .md path."""
+    """Write ``docs/results.md``, ``docs/results.json`` and ``docs/figures/*.png`` from the study run in ``work``;
+    returns the .md path."""
     import matplotlib
 
     from monai_tgd.io import atomic_path
@@ -45,6 +51,8 @@ def write_report(work: Path, docs: Path, manifest: Mapping) -> Path:
     lines = introduction(manifest)
     for section in SECTIONS:
         lines += section(res) + [""]
+    with atomic_path(docs / "results.json") as tmp:
+        tmp.write_text(json.dumps(summary(res), indent=1, allow_nan=False) + "\n", encoding="utf-8")
     path = docs / "results.md"
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines), encoding="utf-8")

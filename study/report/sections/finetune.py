@@ -1,4 +1,4 @@
-"""Section 2 of the report: fine-tuning the v1-net to the new reconstruction (paper Table 1, Fig. 5)."""
+"""Section 2 of the report: fine-tuning the v1-net to the new reconstruction (paper Table 1, Fig. 5), both recons."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from ..tgd_effects import frozen_rows_moved
 
 
 def section_finetune(res: Results) -> list[str]:
-    """Table 1 for both v2 test studies, the TGD guarantee checked on the checkpoints, the paper's claims."""
+    """Table 1 for both test studies and both recons, the TGD guarantee checked on the checkpoints, the paper's
+    claims."""
     names = [res.input_name] + MAIN_NETWORKS
     metrics = [
         ("lesion bias vs 600 s (%)", "liver_lesion_bias_ref_pct", 2),
@@ -24,23 +25,25 @@ def section_finetune(res: Results) -> list[str]:
         f"v1-net: pretrained on the v1 (old OSEM) training studies, {settings['pretrain_epochs']} epochs. v2-net: the "
         "same recipe from scratch on the v2 reconstructions of the same studies. FT-net: v1-net with its last three "
         "conv blocks fine-tuned on the low-BMI v2 fine-tuning studies. TGD-net: v1-net TGD-fine-tuned "
-        f"(φ = {res.tgd_threshold:g}) on "
-        f"the same studies; both {settings['finetune_epochs']} epochs. Ensemble over the 10 x 60 s realisations of "
+        f"(φ = {res.tgd_threshold:g}, the bundle's default readers \"output\": section 7) on "
+        f"the same studies; both until the validation loss flattened (at most {settings['finetune_epochs']} epochs; "
+        "section 3). Ensemble over the 10 x 60 s realisations of "
         "each test study: liver lesion bias in % of the 600 s reference's lesion mean (or of the phantom truth), "
         "mean over the study's liver lesions; liver CoV in %; over the slices from the first to the last holding "
         f"liver or lesion voxels. FT-net and TGD-net: mean ± SD over seeds {res.seeds}; v1-net and v2-net "
-        "are shared by all seeds (one value).",
+        "are shared by all seeds (one value; results.json gives them SD 0). The v1 tables: the same test studies "
+        "reconstructed with the old protocol.",
     ]
-    for study in (LOW, HIGH):
+    for study, recon in ((LOW, "v2"), (HIGH, "v2"), (LOW, "v1"), (HIGH, "v1")):
         rows = []
         for title, key, digits in metrics:
-            cells = [fmt(res.metric(study, "v2", n, key), digits) for n in names]
+            cells = [fmt(res.metric(study, recon, n, key), digits) for n in names]
             if any(c != "n/a" for c in cells):
                 rows.append([title] + cells)
-        if study == LOW:
+        if (study, recon) == (LOW, "v2"):
             rows.append(["paper: lesion bias (%)", ""] + [f"{PAPER['lesion_bias'][n]:.2f}" for n in MAIN_NETWORKS])
             rows.append(["paper: liver CoV (%)", ""] + [f"{PAPER['liver_cov'][n]:.2f}" for n in MAIN_NETWORKS])
-        lines += ["", f"**{study} (v2)**", "", *table(["metric"] + names, rows)]
+        lines += ["", f"**{study} ({recon})**", "", *table(["metric"] + names, rows)]
     retrained = spread([100 * m["retrained_fraction"]["overall"] for m in res.masks.values()])
     moved = {seed: frozen_rows_moved(res, seed) for seed in res.seeds}
     m = {(s, n, k): res.metric(s, "v2", n, k) for s in (LOW, HIGH) for n in MAIN_NETWORKS
@@ -50,7 +53,8 @@ def section_finetune(res: Results) -> list[str]:
     return lines + [
         "",
         f"TGD-net retrained {fmt(retrained, 1)} % of the hidden convs' and their BNs' parameters. Frozen rows "
-        "(weights, BN affine parameters and running statistics, the output conv) compared with the v1-net's: "
+        "(weights, BN affine parameters and running statistics, the output conv but for its reader columns of "
+        "retrained maps) compared with the v1-net's: "
         + ("bit-identical in every seed." if not any(moved.values()) else
            "**changed** in " + "; ".join(f"seed {k}: {', '.join(v)}" for k, v in moved.items() if v) + "."),
         "",

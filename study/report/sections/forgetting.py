@@ -1,4 +1,4 @@
-"""Section 3 of the report: forgetting, each network on the old reconstruction and on the high-BMI study."""
+"""Section 4 of the report: forgetting, each network on the old reconstruction and on the high-BMI study."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ def section_forgetting(res: Results) -> list[str]:
     names = ["v1-net", "FT-net", "TGD-net", *res.manifest["ablations"]]
     keys = (("liver_lesion_bias_ref_pct", 2), ("liver_cov_pct", 2), ("rmse_body_ref", 4))
     lines = [
-        "## 3. Forgetting: the old reconstruction and high-BMI data",
+        "## 4. Forgetting: the old reconstruction and high-BMI data",
         "",
         "Each network on the v1 (old OSEM) test studies, the task the v1-net was made for and that fine-tuning never "
         "saw again, and on the high-BMI v2 study (fine-tuning saw only low-BMI studies). In brackets: the change "

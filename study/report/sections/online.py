@@ -1,4 +1,4 @@
-"""Section 5 of the report: online Noise2Noise TGD on the out-of-distribution studies (paper Fig. 6)."""
+"""Section 6 of the report: online Noise2Noise TGD on the out-of-distribution studies (paper Fig. 6)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def section_online(res: Results) -> list[str]:
     names = [res.ood_input_name, "v2-net", "TGD-net", *online]
     keys = (("ood_rmse_ref", 4), ("ood_mae_ref", 4), ("ood_bias_ref_pct", 2), ("liver_pixel_cov_pct", 2))
     lines = [
-        "## 5. Online learning on out-of-distribution studies (paper Fig. 6)",
+        "## 6. Online learning on out-of-distribution studies (paper Fig. 6)",
         "",
         "Each study holds a structure no training study had (an irregular bladder, a urinary catheter) and is a "
         "120 s v2 acquisition; its two 60 s halves are each other's Noise2Noise target. TGD_N2N-net: the v2-net "

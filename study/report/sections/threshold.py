@@ -42,20 +42,20 @@ def _regulariser_effect(difference_pct: float, phi: str) -> str:
 
 
 def section_threshold(res: Results) -> list[str]:
-    """The KSE sweeps of the v1-net and of its no-weight-decay control, and what they show."""
+    """The KSE sweep of the v1-net and, when the run has it (``--controls``), of its no-weight-decay control."""
     header = ["φ", "input channels flagged", "parameters dropped (%)", "paper (%)",
               "output change, flagged dropped (%)", "output change, random dropped (%)"]
-    first, control = _paper_threshold_row(res.kse), _paper_threshold_row(res.kse_no_wd)
+    first = _paper_threshold_row(res.kse)
     phi = f"{first['threshold']:g}"
     hist = res.kse["histogram"]
     total = sum(hist["counts"])
     lowest_bin = f"[{hist['bin_edges'][0]:g}, {hist['bin_edges'][1]:g})"
-    v1, no_wd = res.curves["v1-net"], res.curves["no weight decay"]
+    v1 = res.curves["v1-net"]
     probe = [r["probes"]["kse_flagged_channels_pct"] for r in v1]
-    probe_no_wd = [r["probes"]["kse_flagged_channels_pct"] for r in no_wd]
-    below, below_no_wd = _below_random(res.kse), _below_random(res.kse_no_wd)
+    below = _below_random(res.kse)
     listed = lambda ts: " (φ = " + ", ".join(f"{t:g}" for t in ts) + ")" if ts else ""  # noqa: E731
-    return [
+    control = res.kse_no_wd is not None
+    lines = [
         "## 1. Threshold study (paper Fig. 4)",
         "",
         "KSE of the v1-net's kernels; for each threshold φ the kernels that read a feature map scoring below φ are "
@@ -70,26 +70,37 @@ def section_threshold(res: Results) -> list[str]:
         "",
         "![threshold study](figures/fig4_kse_threshold.png)",
         "",
-        "The same pretraining without weight decay (the control, `v1_no_wd`, same data, epochs and seed):",
-        "",
-        *table(header, _sweep_rows(res.kse_no_wd)),
-        "",
-        "![KSE distribution](figures/kse_distribution.png)",
-        "",
+    ]
+    if control:
+        lines += ["The same pretraining without weight decay (the control, `v1_no_wd`, same data, epochs and seed):",
+                  "", *table(header, _sweep_rows(res.kse_no_wd)), ""]
+    else:
+        lines += ["(The no-weight-decay pretraining control runs only with `--controls`; this run did not.)", ""]
+    lines += ["![KSE distribution](figures/kse_distribution.png)", ""]
+    if control:
+        no_wd_row = _paper_threshold_row(res.kse_no_wd)
+        probe_no_wd = [r["probes"]["kse_flagged_channels_pct"] for r in res.curves["no weight decay"]]
+        below_no_wd = _below_random(res.kse_no_wd)
+    lines += [
         f"* At φ = {phi}, {first['dropped_params_pct']:.1f} % of the v1-net's conv parameters are flagged (paper: "
-        f"{PAPER['flagged_pct'].get(first['threshold'], math.nan):.1f} %); without weight decay "
-        f"{control['dropped_params_pct']:.1f} %. {hist['counts'][0]} of {total} of the v1-net's input channels "
-        f"({100 * hist['counts'][0] / total:.1f} %) score in {lowest_bin}, against "
-        f"{res.kse_no_wd['histogram']['counts'][0]} without weight decay. KSE is min-max normalised per layer, so "
-        "each layer's weakest channel scores 0 whatever the network; the paper's "
-        f"{PAPER['flagged_pct'][0.3]:.1f} % at φ = 0.3 and {PAPER['flagged_pct'][0.4]:.1f} % at 0.4 "
+        f"{PAPER['flagged_pct'].get(first['threshold'], math.nan):.1f} %)"
+        + (f"; without weight decay {no_wd_row['dropped_params_pct']:.1f} %" if control else "")
+        + f". {hist['counts'][0]} of {total} of the v1-net's input channels "
+        f"({100 * hist['counts'][0] / total:.1f} %) score in {lowest_bin}"
+        + (f", against {res.kse_no_wd['histogram']['counts'][0]} without weight decay" if control else "")
+        + ". KSE is min-max normalised per layer, so each layer's weakest channel scores 0 whatever the network; the "
+        f"paper's {PAPER['flagged_pct'][0.3]:.1f} % at φ = 0.3 and {PAPER['flagged_pct'][0.4]:.1f} % at 0.4 "
         "mean that about half of its kernels sit in a cluster far below the rest.",
         f"* As the v1-net pretrains, the channels flagged at 0.3 go from {probe[0]:.1f} % at initialisation to "
-        f"{probe[-1]:.1f} % (right panel); without weight decay they end at {probe_no_wd[-1]:.1f} % (range "
-        f"{min(probe_no_wd):.1f}-{max(probe_no_wd):.1f} %). "
-        + _regulariser_effect(first["dropped_params_pct"] - control["dropped_params_pct"], phi),
+        f"{probe[-1]:.1f} % (right panel)"
+        + (f"; without weight decay they end at {probe_no_wd[-1]:.1f} % (range "
+           f"{min(probe_no_wd):.1f}-{max(probe_no_wd):.1f} %). "
+           + _regulariser_effect(first["dropped_params_pct"] - no_wd_row["dropped_params_pct"], phi)
+           if control else "."),
         f"* Dropping the flagged kernels changed the output less than every random draw at {len(below)} of "
-        f"{len(res.kse['rows'])} thresholds{listed(below)} for the v1-net, and at {len(below_no_wd)} of "
-        f"{len(res.kse_no_wd['rows'])}{listed(below_no_wd)} for the control. In the paper the output at φ = 0.3 is "
-        "almost identical to the original and artefacts appear above 0.4.",
+        f"{len(res.kse['rows'])} thresholds{listed(below)} for the v1-net"
+        + (f", and at {len(below_no_wd)} of {len(res.kse_no_wd['rows'])}{listed(below_no_wd)} for the control"
+           if control else "")
+        + ". In the paper the output at φ = 0.3 is almost identical to the original and artefacts appear above 0.4.",
     ]
+    return lines
