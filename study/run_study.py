@@ -1,6 +1,6 @@
 """Reproduce the paper's experiments (Sections 3-4, Table 1, Figs. 4-6) with the bundle and write the report.
 
-    python study/run_study.py --profile quick        # CPU, 2 cores: about 80 minutes; writes docs/results.md
+    python study/run_study.py --profile quick        # CPU, 2 cores: about 2 hours; writes docs/results.{md,json}
     python study/run_study.py --profile paper        # the paper's sizes, for a GPU
     python study/run_study.py --profile tiny --work /tmp/s --docs /tmp/s/docs   # smoke run (the test suite's)
 
