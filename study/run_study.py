@@ -408,9 +408,12 @@ def run_stages(study: Study, stages: list[Stage], workers: int) -> tuple[dict, i
     stages and how many ran now."""
     timings_path = study.work / "stages.json"
     timings = json.loads(timings_path.read_text(encoding="utf-8")) if timings_path.is_file() else {}
+    # every fingerprint is computed here, on this thread, before any worker starts: the workers then only read the
+    # cache (CPython 3.11's ast.parse, which the code digest uses, fails when two threads parse at once)
+    fingerprints = {s.name: study.fingerprint(s) for s in stages}
     done = {
         s.name for s in stages
-        if s.marker.is_file() and timings.get(s.name, {}).get("fingerprint") == study.fingerprint(s)
+        if s.marker.is_file() and timings.get(s.name, {}).get("fingerprint") == fingerprints[s.name]
     }  # fmt: skip
     reused = set(done)
     for s in stages:

@@ -579,3 +579,32 @@ def test_spread_and_its_format():
     assert report.overlap(report.spread([1, 2]), report.spread([2, 3])) and not report.overlap(
         report.spread([1, 2]), report.spread([3, 4])
     )
+
+
+def test_fingerprints_are_computed_before_the_workers_start(tmp_path, monkeypatch):
+    """The code digest parses the package with ``ast.parse``, which CPython 3.11 does not allow on two threads at
+    once ("AST constructor recursion depth mismatch"): it must all happen on the calling thread."""
+    import ast
+    import threading
+
+    study = run_study.Study("tiny", tmp_path, [0])
+    study.prepare()
+    stages = study.stages()
+    parsed_on, real_parse = set(), ast.parse
+    monkeypatch.setattr(ast, "parse", lambda *a, **k: parsed_on.add(threading.current_thread().name) or real_parse(*a, **k))
+    run_study._code_digest.cache_clear()
+    seen = []
+
+    def fake_run(stage, threads):
+        seen.append(stage.name in study._fingerprints)
+        stage.marker.parent.mkdir(parents=True, exist_ok=True)
+        stage.marker.write_text("{}")
+        return {"seconds": 0.0, "fingerprint": study.fingerprint(stage)}
+
+    monkeypatch.setattr(study, "run_stage", fake_run)
+    try:
+        run_study.run_stages(study, stages, workers=2)
+    finally:
+        run_study._code_digest.cache_clear()
+    assert parsed_on == {threading.current_thread().name}
+    assert seen and all(seen)
