@@ -113,19 +113,20 @@ def assert_frozen_rows_kept(
             )
 
 
-def bundle_default_readers() -> str:
-    """The bundle's ``tgd_readers`` default, read from its common.json (the value every bundle run here uses)."""
-    return json.loads((BUNDLE / "configs" / "common.json").read_text(encoding="utf-8"))["tgd_readers"]
+def bundle_readers(workflow: str) -> str:
+    """The ``tgd_readers`` a bundle workflow runs with by default: common.json's, unless ``<workflow>.json`` sets its
+    own (finetune_tgd sets "all", chosen on the validation study; online_n2n keeps common.json's "output")."""
+    configs = [json.loads((BUNDLE / "configs" / f).read_text(encoding="utf-8")) for f in ("common.json", f"{workflow}.json")]
+    return next(c["tgd_readers"] for c in reversed(configs) if "tgd_readers" in c)
 
 
-def assert_tgd_kept_frozen(base: dict, tuned: dict, masks: dict, where: str = "", readers: str | None = None) -> None:
+def assert_tgd_kept_frozen(base: dict, tuned: dict, masks: dict, readers: str, where: str = "") -> None:
     """The TGD guarantee on state dicts (the bundle's default ``tgd_bn_stats="freeze"``): frozen rows of every masked
     conv and its BN, BN running statistics included, are bit-identical to ``base``, some retrained row moved, and the
     output conv is unchanged except, with ``readers`` "output"/"all", its columns reading retrained maps (every
-    frozen element of :func:`tgd_frozen_elements`). ``readers`` None: the bundle's default."""
+    frozen element of :func:`tgd_frozen_elements`). ``readers``: what the run used (e.g. :func:`bundle_readers`)."""
     import torch
 
-    readers = bundle_default_readers() if readers is None else readers
     if readers == "none":
         assert_frozen_rows_kept(base, tuned, masks, where=where)
     else:

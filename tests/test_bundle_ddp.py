@@ -16,7 +16,7 @@ import torch
 from monai.bundle import ConfigParser
 
 
-from .conftest import BUNDLE, TINY_OVERRIDES, assert_tgd_kept_frozen, load_tiny_model
+from .conftest import BUNDLE, TINY_OVERRIDES, assert_tgd_kept_frozen, bundle_readers, load_tiny_model
 
 CONFIGS = BUNDLE / "configs"
 TIMEOUT = 240  # seconds; a hung process group fails the test instead of blocking CI
@@ -40,36 +40,55 @@ def test_rank0_only_overrides_target_the_right_items():
     assert all(f"@{n}" in attached for n in names), (names, attached)
 
 
-def test_finetune_tgd_ddp_two_processes(run_bundle, tiny_cohort, tmp_path):
-    run_bundle("pretrain")
-    models, runs = tmp_path / "models", tmp_path / "runs"
-    overrides = {**TINY_OVERRIDES, "tgd_threshold": 0.5}
-    configs = [str(CONFIGS / f) for f in ("common.json", "finetune_tgd.json", "multi_gpu_train.json")]
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
-        "-m", "monai.bundle", "run",
-        "--config_file", json.dumps(configs),
-        "--meta_file", str(CONFIGS / "metadata.json"),
-        "--logging_file", str(CONFIGS / "logging.conf"),
-        "--bundle_root", str(BUNDLE),
-        "--datalist", str(tiny_cohort),
-        "--ckpt_dir", str(models),
-        "--output_dir", str(runs),
-    ]  # fmt: skip
-    for key, value in overrides.items():
-        cmd += [f"--{key}", json.dumps(value)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+#: the signature of gloo's rare abort while its TCP pairs connect (an uncaught C++ exception in a gloo thread:
+#: pytorch/pytorch#188266, pytorch/gloo#514), seen once in CI on 2 loaded cores; not this bundle's code
+GLOO_ABORT = ("terminate called without an active exception", "SIGABRT")
+
+
+def _torchrun(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
     try:
-        proc = subprocess.run(cmd, cwd=BUNDLE, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+        return subprocess.run(cmd, cwd=BUNDLE, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     except subprocess.TimeoutExpired as e:
         raise AssertionError(f"torchrun did not finish in {TIMEOUT} s; stderr tail:\n{(e.stderr or b'')[-4000:]}") from e
+
+
+def test_finetune_tgd_ddp_two_processes(run_bundle, tiny_cohort, tmp_path):
+    run_bundle("pretrain")
+    models = tmp_path / "models"
+    overrides = {**TINY_OVERRIDES, "tgd_threshold": 0.5}
+    configs = [str(CONFIGS / f) for f in ("common.json", "finetune_tgd.json", "multi_gpu_train.json")]
+
+    def command(runs):
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+            "-m", "monai.bundle", "run",
+            "--config_file", json.dumps(configs),
+            "--meta_file", str(CONFIGS / "metadata.json"),
+            "--logging_file", str(CONFIGS / "logging.conf"),
+            "--bundle_root", str(BUNDLE),
+            "--datalist", str(tiny_cohort),
+            "--ckpt_dir", str(models),
+            "--output_dir", str(runs),
+        ]  # fmt: skip
+        for key, value in overrides.items():
+            cmd += [f"--{key}", json.dumps(value)]
+        return cmd
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = tmp_path / "runs"
+    proc = _torchrun(command(runs), env)
+    if proc.returncode != 0 and all(s in proc.stderr for s in GLOO_ABORT):
+        # gloo's abort (above), once: a fresh run in fresh folders; a second failure of any kind fails the test
+        (models / "model_tgd.pt").unlink(missing_ok=True)
+        runs = tmp_path / "runs_again"
+        proc = _torchrun(command(runs), env)
     assert proc.returncode == 0, f"torchrun exited {proc.returncode}; stderr tail:\n{proc.stderr[-6000:]}"
 
     v1, tgd = _load(models / "model_v1.pt"), _load(models / "model_tgd.pt")
     run_dir = runs / "tgd"
     masks = torch.load(run_dir / "tgd_masks.pt", weights_only=True)
     assert set(masks) == {f"blocks.{i}.conv" for i in range(TINY_OVERRIDES["num_layers"] - 1)}
-    assert_tgd_kept_frozen(v1, tgd, masks)
+    assert_tgd_kept_frozen(v1, tgd, masks, bundle_readers("finetune_tgd"))
 
     # rank 0 alone writes: one mask file pair (no leftover temporaries of a second writer), one TensorBoard file
     files = sorted(p.name for p in run_dir.iterdir())

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from ignite.handlers import time_limit
 
-from .conftest import assert_tgd_kept_frozen
+from .conftest import assert_tgd_kept_frozen, bundle_readers
 from .conftest import load_tiny_model as load
 
 
@@ -57,7 +57,7 @@ def test_online_n2n_adapts_with_tgd_and_denoises_the_study(run_bundle, tiny_coho
     masks = torch.load(run_dir / "tgd_masks.pt", weights_only=True)
     assert json.loads((run_dir / "tgd_masks.json").read_text())["threshold"] == 0.4
     v1, adapted = load(base).state_dict(), load(tmp_path / "models" / "model_n2n_ood_bladder_v1.pt").state_dict()
-    assert_tgd_kept_frozen(v1, adapted, masks)
+    assert_tgd_kept_frozen(v1, adapted, masks, bundle_readers("online_n2n"))
 
     # a time budget stops a long run early; the adapted weights and the denoised study are still written. The clock
     # of ignite's TimeLimit (which the workflow attaches) is replaced by one that reads one second later at every
@@ -78,4 +78,5 @@ def test_online_n2n_adapts_with_tgd_and_denoises_the_study(run_bundle, tiny_coho
     assert sorted(holdout_losses(budget)) == list(range(completed + 1))
     assert (budget / "ood_bladder_denoised.nii.gz").is_file()
     stopped = load(tmp_path / "models" / "model_budget.pt").state_dict()
-    assert_tgd_kept_frozen(v1, stopped, torch.load(budget / "tgd_masks.pt", weights_only=True))
+    assert_tgd_kept_frozen(v1, stopped, torch.load(budget / "tgd_masks.pt", weights_only=True),
+                           bundle_readers("online_n2n"))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ._bitwise import assert_same_weights, exact_kernels  # noqa: F401  (exact_kernels: a fixture)
-from .conftest import assert_tgd_kept_frozen, load_tiny_model
+from .conftest import assert_tgd_kept_frozen, bundle_readers, load_tiny_model, tgd_frozen_elements
 
 
 load = load_tiny_model  # a plain DnCNN state_dict: TGD leaves no trace in the checkpoint
@@ -25,7 +25,7 @@ def test_finetune_tgd_keeps_frozen_kernels_of_v1(run_bundle, v1_model, tmp_path)
     masks = torch.load(tmp_path / "runs" / "tgd" / "tgd_masks.pt", weights_only=True)
     info = json.loads((tmp_path / "runs" / "tgd" / "tgd_masks.json").read_text())
     assert info["threshold"] == 0.5 and set(masks) == {f"blocks.{i}.conv" for i in range(3)}
-    assert_tgd_kept_frozen(v1, tgd, masks)
+    assert_tgd_kept_frozen(v1, tgd, masks, bundle_readers("finetune_tgd"))
 
 
 def test_finetune_trains_only_the_last_three_blocks(run_bundle, v1_model, tmp_path):
@@ -41,8 +41,8 @@ def test_tgd_twice_on_its_own_output(run_bundle, v1_model, tmp_path):
                tgd_threshold=0.4)  # fmt: skip
     tgd, tgd2 = load(tmp_path / "models" / "model_tgd.pt").state_dict(), load(tmp_path / "models" / "model_tgd2.pt")
     masks = torch.load(tmp_path / "runs" / "tgd2" / "tgd_masks.pt", weights_only=True)
-    frozen = ~masks["blocks.1.conv"]
-    assert torch.equal(tgd2.state_dict()["blocks.1.conv.weight"][frozen], tgd["blocks.1.conv.weight"][frozen])
+    # the second pass keeps what its own masks freeze, against the first pass's output (not the v1-net)
+    assert_tgd_kept_frozen(tgd, tgd2.state_dict(), masks, bundle_readers("finetune_tgd"))
 
 
 def train_loss_steps(run_dir) -> list[list[int]]:
@@ -75,11 +75,12 @@ def test_resume_mid_run_continues_from_the_checkpoint(run_bundle, v1_model, tmp_
     # the resumed run trained iterations per_epoch+1 .. 3*per_epoch, not 1 .. 3*per_epoch again
     assert train_loss_steps(cut) == [list(range(1, per_epoch + 1)), list(range(per_epoch + 1, 3 * per_epoch + 1))]
 
-    # and it started from the checkpoint's weights: resumed from a copy whose frozen rows of blocks.1.conv are moved
-    # (TGD keeps frozen rows as loaded, with the masks the checkpoint carries), those rows end as in the copy, not
-    # as in v1-net, which a run that ignored the checkpoint would start from
-    frozen = ~state["tgd"]["masks"]["blocks.1.conv"]
-    assert frozen.any()
+    # and it started from the checkpoint's weights: resumed from a copy whose frozen kernels of blocks.1.conv are
+    # moved (TGD keeps frozen kernels as loaded, with the masks the checkpoint carries), those kernels end as in the
+    # copy, not as in v1-net, which a run that ignored the checkpoint would start from
+    readers = bundle_readers("finetune_tgd")
+    frozen = tgd_frozen_elements(state["network"], state["tgd"]["masks"], readers)["blocks.1.conv.weight"]
+    assert frozen.any() and not frozen.all()
     weight = state["network"]["blocks.1.conv.weight"]
     weight[frozen] += 0.25
     torch.save(state, tmp_path / "moved.pt")

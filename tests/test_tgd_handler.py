@@ -93,8 +93,8 @@ def test_trainer_run_installs_logs_writes_and_removes(tmp_path, caplog):
     assert [f.name for f in saved] == [f"checkpoint_iteration={i}.pt" for i in (2, 4, 6)]
     for ckpt in saved:  # what a resumed run or an evaluation of an intermediate checkpoint would load
         state = torch.load(ckpt, map_location="cpu", weights_only=True)["network"]
-        assert_tgd_kept_frozen(base, state, expected_masks, where=ckpt.name)  # frozen rows kept, retrained moved
-    assert_tgd_kept_frozen(base, net.state_dict(), expected_masks)
+        assert_tgd_kept_frozen(base, state, expected_masks, "none", where=ckpt.name)  # frozen rows kept, retrained moved
+    assert_tgd_kept_frozen(base, net.state_dict(), expected_masks, "none")
     assert not torch.equal(net.blocks[0].conv.weight, original.blocks[0].conv.weight)
     assert handler.tgd is None and all(not m._forward_hooks for m in net.modules())  # removed at COMPLETED
 

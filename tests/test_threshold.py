@@ -209,7 +209,7 @@ def test_bundle_finetune_tgd_with_automatic_threshold(run_bundle, tiny_cohort, t
     loaded, the masks follow it and the guarantee holds; the choice is written next to the masks."""
     from monai_tgd.data import calibration_slabs, load_datalist
 
-    from .conftest import assert_tgd_kept_frozen, load_tiny_model
+    from .conftest import assert_tgd_kept_frozen, bundle_readers, load_tiny_model
 
     run_bundle("pretrain", epochs=1)
     v1 = load_tiny_model(tmp_path / "models" / "model_v1.pt")
@@ -223,7 +223,8 @@ def test_bundle_finetune_tgd_with_automatic_threshold(run_bundle, tiny_cohort, t
     assert info["threshold_change"] == pytest.approx(change, rel=1e-6)
     masks = torch.load(tmp_path / "runs" / "tgd" / "tgd_masks.pt", weights_only=True)
     assert all(torch.equal(masks[n], m) for n, m in kse_masks(v1, phi).items())
-    assert_tgd_kept_frozen(v1.state_dict(), load_tiny_model(tmp_path / "models" / "model_tgd.pt").state_dict(), masks)
+    tuned = load_tiny_model(tmp_path / "models" / "model_tgd.pt").state_dict()
+    assert_tgd_kept_frozen(v1.state_dict(), tuned, masks, bundle_readers("finetune_tgd"))
 
 
 def test_calibration_slabs_are_evenly_spaced_slabs_of_each_study(tmp_path):

@@ -53,6 +53,8 @@ class Results:
                 self.curves |= {(name, int(seed)): read_json(work / path)["records"] for seed, path in where.items()}
         self.masks = {int(seed): read_json(work / path) for seed, path in self.layout["masks"].items()}
         self.tgd_threshold = float(self.masks[self.seeds[0]]["threshold"])
+        #: how the bundle's default TGD-net was fine-tuned, from its tgd_masks.json: e.g. 'readers "all", mode "parameter"'
+        self.tgd_recipe = ", ".join(f'{k} "{self.masks[self.seeds[0]].get(k, "none")}"' for k in ("readers", "mode"))
         self.ablation_masks = {name: {int(seed): read_json(work / path) for seed, path in per_seed.items()}
                                for name, per_seed in self.layout.get("ablation_masks", {}).items()}  # fmt: skip
         self.online_masks = {int(seed): {study: {n: read_json(work / path) for n, path in per_study.items()}

@@ -1,7 +1,8 @@
 """``results.json``: the report's headline numbers as plain numbers, from the same computations as results.md.
 
-Layout (network names: ``input``, ``v1-net``, ``v2-net``, ``FT-net``, ``TGD-net``, ``TGD_N2N-net``, ``TGD2_N2N-net``;
-studies and recons as in the datalist)::
+Layout (network names: ``input``, ``v1-net``, ``v2-net``, ``FT-net``, ``TGD-net``, ``TGD_N2N-net``, ``TGD2_N2N-net``,
+and in ``table1`` the variants run at every seed by their names, e.g. ``TGD-net (automatic threshold)``; studies and
+recons as in the datalist)::
 
     {"premises": {name: {"met", "value", "threshold", "rule", "description"}},
      "table1": {study: {recon: {network: {"lesion_bias_ref" | "liver_cov" | "rmse_body_ref": {"mean", "sd"}}}}},
@@ -44,7 +45,7 @@ def _ms(s: dict) -> dict:
 def summary(res: Results) -> dict:
     """Everything results.json holds, computed from the run's files like the markdown."""
     table1 = {study: {recon: {res.label(n): {k: _ms(res.metric(study, recon, n, key)) for k, key in TABLE1.items()}
-                              for n in [res.input_name, *MAIN_NETWORKS]}
+                              for n in [res.input_name, *MAIN_NETWORKS, *res.manifest.get("every_seed", [])]}
                       for recon in ("v2", "v1")}
               for study in (LOW, HIGH)}  # fmt: skip
     online_names = [res.ood_input_name, *res.manifest["online_bases"], *res.manifest["online_bases"].values()]

@@ -55,8 +55,8 @@ def section_differences(res: Results) -> list[str]:
             f"layer reach the output through {last_share:.2f} % of the output conv's |weight| (section 7): KSE "
             "flags exactly the maps the next layer barely reads, so with the paper-literal TGD (readers frozen) "
             "retraining their producers changes the output little. This is why the bundle's TGD-net also trains "
-            "the output conv's reader columns (readers \"output\"); section 7 compares it with the paper-literal "
-            "TGD and the other variants. The paper does not report this share."
+            f"the columns that read retrained maps ({res.tgd_recipe}, chosen on the validation study); section 7 "
+            "compares it with the paper-literal TGD and the other variants. The paper does not report this share."
         )
     lines += _shift(res)
     seed = res.seeds[0]

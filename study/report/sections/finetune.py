@@ -11,7 +11,8 @@ from ..tgd_effects import frozen_rows_moved
 def section_finetune(res: Results) -> list[str]:
     """Table 1 for both test studies and both recons, the TGD guarantee checked on the checkpoints, the paper's
     claims."""
-    names = [res.input_name] + MAIN_NETWORKS
+    every_seed = list(res.manifest.get("every_seed", []))  # variants run at every seed: beside TGD-net
+    names = [res.input_name] + MAIN_NETWORKS + every_seed
     metrics = [
         ("lesion bias vs 600 s (%)", "liver_lesion_bias_ref_pct", 2),
         ("lesion bias vs truth (%)", "liver_lesion_bias_truth_pct", 2),
@@ -25,14 +26,15 @@ def section_finetune(res: Results) -> list[str]:
         f"v1-net: pretrained on the v1 (old OSEM) training studies, {settings['pretrain_epochs']} epochs. v2-net: the "
         "same recipe from scratch on the v2 reconstructions of the same studies. FT-net: v1-net with its last three "
         "conv blocks fine-tuned on the low-BMI v2 fine-tuning studies. TGD-net: v1-net TGD-fine-tuned "
-        f"(φ = {res.tgd_threshold:g}, the bundle's default readers \"output\": section 7) on "
+        f"(φ = {res.tgd_threshold:g}, the bundle's default {res.tgd_recipe}: section 7) on "
         f"the same studies; both until the validation loss flattened (at most {settings['finetune_epochs']} epochs; "
         "section 3). Ensemble over the 10 x 60 s realisations of "
         "each test study: liver lesion bias in % of the 600 s reference's lesion mean (or of the phantom truth), "
         "mean over the study's liver lesions; liver CoV in %; over the slices from the first to the last holding "
         f"liver or lesion voxels. FT-net and TGD-net: mean ± SD over seeds {res.seeds}; v1-net and v2-net "
         "are shared by all seeds (one value; results.json gives them SD 0). The v1 tables: the same test studies "
-        "reconstructed with the old protocol.",
+        "reconstructed with the old protocol."
+        + (f" Beside TGD-net, run at every seed like it: {', '.join(every_seed)} (section 7)." if every_seed else ""),
     ]
     for study, recon in ((LOW, "v2"), (HIGH, "v2"), (LOW, "v1"), (HIGH, "v1")):
         rows = []
@@ -41,8 +43,9 @@ def section_finetune(res: Results) -> list[str]:
             if any(c != "n/a" for c in cells):
                 rows.append([title] + cells)
         if (study, recon) == (LOW, "v2"):
-            rows.append(["paper: lesion bias (%)", ""] + [f"{PAPER['lesion_bias'][n]:.2f}" for n in MAIN_NETWORKS])
-            rows.append(["paper: liver CoV (%)", ""] + [f"{PAPER['liver_cov'][n]:.2f}" for n in MAIN_NETWORKS])
+            pad = ["—"] * len(every_seed)  # the paper has no such network
+            rows.append(["paper: lesion bias (%)", ""] + [f"{PAPER['lesion_bias'][n]:.2f}" for n in MAIN_NETWORKS] + pad)
+            rows.append(["paper: liver CoV (%)", ""] + [f"{PAPER['liver_cov'][n]:.2f}" for n in MAIN_NETWORKS] + pad)
         lines += ["", f"**{study} ({recon})**", "", *table(["metric"] + names, rows)]
     retrained = spread([100 * m["retrained_fraction"]["overall"] for m in res.masks.values()])
     moved = {seed: frozen_rows_moved(res, seed) for seed in res.seeds}
@@ -53,8 +56,9 @@ def section_finetune(res: Results) -> list[str]:
     return lines + [
         "",
         f"TGD-net retrained {fmt(retrained, 1)} % of the hidden convs' and their BNs' parameters. Frozen rows "
-        "(weights, BN affine parameters and running statistics, the output conv but for its reader columns of "
-        "retrained maps) compared with the v1-net's: "
+        "(weights, BN affine parameters and running statistics, the output conv; but for the reader columns of "
+        f"retrained maps that {res.tgd_recipe} trains, as `monai_tgd.tgd.frozen_rows` lists them) compared with the "
+        "v1-net's: "
         + ("bit-identical in every seed." if not any(moved.values()) else
            "**changed** in " + "; ".join(f"seed {k}: {', '.join(v)}" for k, v in moved.items() if v) + "."),
         "",

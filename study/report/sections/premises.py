@@ -16,7 +16,7 @@ from ..stats import fmt, table
 def digits(check: Check) -> int:
     """Decimals the report prints a check's value and threshold with: 5 for body RMSE (SUV), 3 for the shift's
     liver CoV and lesion bias (networks close to each other), else 2."""
-    return 5 if check.name.startswith(("gap", "forgetting")) else 3 if check.name.startswith("shift") else 2
+    return 5 if check.name.startswith(("gap", "forgetting", "ft_forgets")) else 3 if check.name.startswith("shift") else 2
 
 
 def check_rows(checks: list[Check]) -> list[list[str]]:
@@ -43,6 +43,9 @@ def section_premises(res: Results) -> list[str]:
         f"{INPUT_COV_MATCH_PCT:g} % of each other, 100 x |CoV(v1) - CoV(v2)| / CoV(v2) <= {INPUT_COV_MATCH_PCT:g} "
         "(`input_cov_match`: a change of texture and resolution, not of noise level); v2-net's body RMSE against "
         "the 600 s image is below v1-net's (`gap`: the gap TGD is to close).",
+        "* **Something to forget**: FT-net, fine-tuned on v2 only, does worse than v1-net on the v1 reconstruction of "
+        "the test studies (body RMSE against the 600 s image rises: `ft_forgets`); otherwise no forgetting target can "
+        "tell TGD-net from FT-net.",
         f"* **Resolvable lesions**: v2-net's ensemble lesion bias against the 600 s image is at least "
         f"{RESOLVABLE_BIAS_PCT:g} % on the low-BMI v2 test study.",
         f"* **Real artefacts**: on each OOD study the base network's error inside the structure (OOD RMSE vs 600 s) "

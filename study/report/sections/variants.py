@@ -17,13 +17,13 @@ COLUMNS = (("v2 body RMSE (SUV)", "rmse_body_ref", 4), ("v2 lesion bias (%)", "l
 
 def variant_rows(numbers: dict, studies: list[str]) -> list[list[str]]:
     """One row per network: its v2 numbers per study, then its v1 forgetting."""
-    return [[name] + [fmt(n[s][k], d) for s in studies for _, k, d in COLUMNS] + [fmt(n["v1_forgetting"], 4)]
+    return [[name] + [fmt(n[s][k], d) for s in studies for _, k, d in COLUMNS] + [fmt(n["v1_change"], 4)]
             for name, n in numbers.items()]  # fmt: skip
 
 
 def variant_header(studies: list[str]) -> list[str]:
     columns = [f"{s}: {t}" for s in studies for t, _, _ in COLUMNS]
-    return ["variant", *columns, "v1 forgetting: body RMSE change (SUV)"]
+    return ["variant", *columns, "v1 body-RMSE change from v1-net (SUV)"]
 
 
 def section_variants(res: Results) -> list[str]:
@@ -34,12 +34,13 @@ def section_variants(res: Results) -> list[str]:
     lines = [
         "## 7. TGD-net and its variants (chosen on the validation study)",
         "",
-        "TGD-net is the bundle's default: TGD at the paper's threshold with `tgd_readers: \"output\"` (the output "
-        "conv's input columns that read retrained maps train too; every other frozen kernel stays bit-identical). "
-        "Each variant changes one setting: "
+        f"TGD-net is the bundle's default: TGD at the paper's threshold with {res.tgd_recipe} (finetune_tgd.json; "
+        "readers: which conv columns reading retrained maps train too, docs/tgd.md; every other frozen kernel stays "
+        "bit-identical). Each variant changes what its overrides say: "
         + "; ".join(f"{name}: `{json.dumps(overrides)}`" for name, overrides in res.manifest["ablations"].items())
-        + f". Seed {v['seed']} only, same data and stopping rule; FT-net for reference. v1 forgetting: the body-RMSE "
-        "change from v1-net on the v1 reconstruction of the same studies (mean over the studies; positive = worse).",
+        + f". Seed {v['seed']} only (variants run at every seed: Table 1 in section 2), same data and stopping rule; "
+        "FT-net for reference. Last column: the body-RMSE change from v1-net on the v1 reconstruction of the same "
+        "studies (mean over the studies; positive = worse on the old task, which is what forgetting counts).",
         "",
         f"**Validation ({', '.join(v['validation_studies'])})**",
         "",
@@ -55,7 +56,7 @@ def section_variants(res: Results) -> list[str]:
         + f" Chosen: **{v['chosen']}**.",
         "* " + ("The choice is the bundle's default (TGD-net)." if v["chosen_is_default"] else
                 f"**The choice is not the bundle's default**: the rule picks {v['chosen']}, the bundle ships TGD-net "
-                "(readers \"output\")."),
+                f"({res.tgd_recipe})."),
     ]
     lines += _chosen_thresholds(res)
     hist = res.kse["histogram"]
