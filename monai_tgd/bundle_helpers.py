@@ -24,6 +24,7 @@ __all__ = [
     "lower_is_better",
     "fixed_output_name",
     "checkpoint_run_name",
+    "record_by_study",
     "require_checkpoints",
     "ddp_device",
 ]
@@ -99,8 +100,29 @@ def fixed_output_name(subject: str) -> Callable[[Mapping, Any], dict[str, str]]:
 
 def checkpoint_run_name(path: str | os.PathLike) -> str:
     """The run a checkpoint came from, for naming derived runs: the file name up to its first dot, without the first
-    ``model_`` (``models/model_v2.pt`` -> ``v2``, ``model_tgd.pt`` -> ``tgd``)."""
+    ``model_`` (``models/model_v2.pt`` -> ``v2``, ``model_tgd.pt`` -> ``tgd``). The name is checked where it becomes a
+    file name (``online_n2n``'s ``output_names``, :func:`monai_tgd.io.check_names`).
+
+    Raises:
+        ValueError: ``path`` is not a path (e.g. None: no checkpoint given).
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"checkpoint_run_name: expected a checkpoint path, got {path!r}.")
     return os.path.basename(os.fspath(path)).split(".")[0].replace("model_", "", 1)
+
+
+def record_by_study(records: Sequence[Mapping], study: str, field: str = "study") -> Mapping:
+    """The record of ``records`` whose ``study`` is ``study`` (e.g. ``online_n2n``'s ``n2n_study``).
+
+    Raises:
+        ValueError: no record, or several, has that study; the message names ``field`` and the studies found.
+    """
+    found = [r for r in records if r.get("study") == study]
+    if len(found) != 1:
+        studies = [r.get("study") for r in records]
+        what = "no record" if not found else f"{len(found)} records"
+        raise ValueError(f"{field} {study!r}: {what} with that study among {studies}.")
+    return found[0]
 
 
 def require_checkpoints(networks: Mapping[str, Any]) -> int:

@@ -15,7 +15,35 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["PATH_FIELDS", "ensure_datalist", "load_datalist", "n2n_pairs", "holdout_slices", "calibration_slabs"]
+__all__ = [
+    "PATH_FIELDS",
+    "cohort_folder",
+    "ensure_datalist",
+    "load_datalist",
+    "n2n_pairs",
+    "holdout_slices",
+    "calibration_slabs",
+]
+
+
+def cohort_folder(data_dir: str | os.PathLike, profile: str, seed: int) -> str:
+    """Folder of the simulated cohort of ``profile`` and ``seed`` in ``data_dir``: ``simulated_<profile>`` for seed 0
+    (the name it has always had, so existing cohorts are reused) and ``simulated_<profile>_seed<seed>`` otherwise.
+
+    A cohort's files are a function of the simulator version, the profile and the seed
+    (:func:`monai_tgd.simulate.cohort.settings_hash`); the folder is keyed by the two a user chooses, so runs with
+    different seeds never share (or overwrite) one folder. A new simulator version regenerates the cohort in place.
+    :func:`monai_tgd.simulate.generate_cohort` refuses a folder that holds another profile's or seed's cohort.
+
+    Raises:
+        ValueError: ``profile`` is not a valid file name (:func:`monai_tgd.io.check_name`), ``seed`` not an int >= 0.
+    """
+    from .io import check_name
+
+    check_name(profile, "profile")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}.")
+    return os.path.join(os.fspath(data_dir), f"simulated_{profile}" + (f"_seed{int(seed)}" if seed else ""))
 
 
 def ensure_datalist(
@@ -24,9 +52,20 @@ def ensure_datalist(
     profile: str = "quick",
     seed: int = 0,
 ) -> str:
-    """Path of the datalist to use: ``datalist`` if given (it must exist), else the simulated cohort in
-    ``cohort_dir``, generated on first use (and reused afterwards; see :func:`monai_tgd.simulate.generate_cohort`)."""
-    if datalist:
+    """Path of the datalist to use: ``datalist`` if given (it must exist), else the simulated cohort of ``profile`` and
+    ``seed`` in ``cohort_dir``, generated on first use (and reused afterwards; see
+    :func:`monai_tgd.simulate.generate_cohort`, which refuses a folder holding anything else).
+
+    Raises:
+        ValueError: ``datalist`` is an empty string (not a path; None selects the simulated cohort), or neither
+            ``datalist`` nor ``cohort_dir`` is given.
+        FileNotFoundError: ``datalist`` does not exist.
+    """
+    if isinstance(datalist, str) and not datalist.strip():
+        raise ValueError(
+            f"datalist {datalist!r} is not a path: give a datalist JSON file, or null (None) for the simulated cohort."
+        )
+    if datalist is not None:
         path = Path(datalist)
         if not path.is_file():
             raise FileNotFoundError(f"datalist {path} not found (expected a JSON file with study records).")

@@ -19,6 +19,11 @@ element-wise activations/dropout only (DnCNN, ``nn.Sequential`` chains); convolu
 convolution is reachable are output convolutions. The network is traced with ``torch.fx`` to find this chain
 (:func:`conv_chain`); :func:`kse_masks`, :func:`mask_summary`, :func:`frozen_rows`, :func:`zero_readers` and
 :class:`TGD` take ``chain=`` to reuse one trace (it must be the chain of that same network).
+
+:func:`conv_chain` is also the one network-support check: every function here goes through it, and it refuses,
+naming the module, whatever the masks cannot cover (a parameter outside the chain's convs and their BNs, e.g. a
+``ConvTranspose`` or ``Linear`` layer; a BN or parameter shared by two convs; a ``torch.compile`` wrapper), so an
+unsupported network fails before any training step instead of training parts of it unmasked.
 """
 
 from __future__ import annotations
@@ -31,10 +36,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.fx
-from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
@@ -62,8 +67,26 @@ _ELEMENTWISE_FUNCTIONS = (
 _ELEMENTWISE_METHODS = ("relu", "relu_", "tanh", "sigmoid", "contiguous")
 
 
+#: what the analysis follows, for error messages
+SUPPORTED = (
+    "Supported: Conv1d/2d/3d layers (not transposed), each called once, every hidden conv feeding the next conv "
+    "through at most one BatchNorm (its own, called once) and element-wise activations/dropout; operations without "
+    "parameters or running statistics before the first and after the output convs (DnCNN, nn.Sequential chains)."
+)
+
+
 def _unwrap(network: nn.Module) -> nn.Module:
-    return network.module if isinstance(network, (DataParallel, DistributedDataParallel)) else network
+    """The network inside a DDP/DataParallel wrapper; a ``torch.compile`` wrapper is refused with the way out."""
+    net = network.module if isinstance(network, (DataParallel, DistributedDataParallel)) else network
+    original = getattr(net, "_orig_mod", None)  # torch._dynamo's OptimizedModule, without importing torch._dynamo
+    if isinstance(original, nn.Module):
+        raise ValueError(
+            f"TGD: the network is a torch.compile wrapper ({type(net).__name__} of a {type(original).__name__}), which "
+            "torch.fx cannot trace; pass the uncompiled module, model._orig_mod (it holds the same parameters), to "
+            "kse_masks, TGD, TGDHandler(network=...) and the other monai_tgd.tgd functions, and install TGD before the "
+            "compiled module first runs (a graph compiled earlier does not see the TGD layers' forward hooks)."
+        )
+    return net
 
 
 @dataclass(frozen=True)
@@ -89,9 +112,17 @@ class ConvChain:
 def conv_chain(network: nn.Module) -> ConvChain:
     """Trace ``network`` with ``torch.fx`` and resolve, for each conv, the BN and the conv that consume its output.
 
+    This is also the network-support check of every function of this module: what the chain does not cover would
+    train unmasked (or be masked twice), so it is refused here, before any mask or training step.
+
     Raises:
-        ValueError: the network cannot be traced, a conv module is called more than once, or a conv's output reaches
-            another conv other than through BN and element-wise layers (the message names that conv).
+        ValueError: the network cannot be traced (a ``torch.compile`` wrapper: pass ``model._orig_mod``), a conv
+            module is called more than once, a conv's output reaches another conv other than through BN and
+            element-wise layers (the message names that conv), or the network holds state the masks cannot cover:
+            a module with parameters or BN running statistics that is neither a conv of the chain nor the BN of a
+            hidden conv (``ConvTranspose``, ``Linear``, a BN after an output conv, ...), such a module or BN called
+            more than once (a BN shared by two convs), a parameter used directly in ``forward()``, or one tensor
+            shared by two modules (the message names the module and the operation).
     """
     net = _unwrap(network)
     try:
@@ -168,7 +199,73 @@ def conv_chain(network: nn.Module) -> ConvChain:
             )
         else:
             outputs.append((name, conv))
-    return ConvChain(tuple(hidden), tuple(outputs))
+    chain = ConvChain(tuple(hidden), tuple(outputs))
+    _check_support(net, graph, modules, chain)
+    return chain
+
+
+def _has_state(module: nn.Module) -> bool:
+    """Whether training changes ``module`` itself: it owns parameters, or a norm that tracks running statistics."""
+    tracks = isinstance(module, _NormBase) and module.track_running_stats
+    return tracks or any(True for _ in module.parameters(recurse=False))
+
+
+def _check_support(net: nn.Module, graph: torch.fx.Graph, modules: dict[str, nn.Module], chain: ConvChain) -> None:
+    """Refuse, naming the module and the operation, any state of ``net`` that the masks of ``chain`` do not cover.
+
+    The first problem found is reported, in this order: a parameter read directly in ``forward()``; a module with
+    state called more than once; a module with state outside the chain other than a norm (``ConvTranspose``,
+    ``Linear``, ...: the cause, when a conv's BN is orphaned by the layer after it); a norm outside the chain; one
+    tensor in two modules."""
+    covered = {h.name for h in chain.hidden} | {name for name, _ in chain.outputs}
+    covered |= {h.norm_name for h in chain.hidden if h.norm_name is not None}
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            name = str(node.target)
+            calls[name] = calls.get(name, 0) + 1
+        elif node.op == "get_attr" and isinstance(_get_attr(net, str(node.target)), nn.Parameter):
+            raise ValueError(
+                f"TGD: cannot follow parameter '{node.target}', read directly in forward() (get_attr, e.g. a "
+                f"learnable scale or a functional conv): no mask covers it, so it would train fully. {SUPPORTED}"
+            )
+    stateful = {name: modules[name] for name in calls if _has_state(modules[name])}
+    for name, module in stateful.items():
+        if calls[name] > 1:
+            what = "a BN shared by two convs would merge their masks" if isinstance(module, _NormBase) else (
+                "its masks would be ambiguous")
+            raise ValueError(
+                f"TGD: {type(module).__name__} '{name}' is called {calls[name]} times in forward(); {what}. {SUPPORTED}"
+            )
+    outside = [(name, m) for name, m in stateful.items() if name not in covered]
+    for name, module in sorted(outside, key=lambda item: isinstance(item[1], _NormBase)):  # norms last
+        if isinstance(module, _ConvNd) and module.transposed:
+            why = "transposed convolutions are not analysed"
+        elif isinstance(module, _NormBase):
+            why = "it is not the BatchNorm right after a hidden conv (e.g. it follows an output conv)"
+        else:
+            why = "TGD masks only convolutions and the BatchNorm of each hidden conv"
+        raise ValueError(
+            f"TGD: cannot follow {type(module).__name__} '{name}' (call_module): {why}, so it would train unmasked "
+            "whatever freeze_output says, and a conv feeding it would count as an output conv, frozen whole without a "
+            f"KSE mask. {SUPPORTED}"
+        )
+    owners: dict[int, str] = {}
+    for name, module in stateful.items():
+        for attr, p in module.named_parameters(recurse=False):
+            key = f"{name}.{attr}"
+            if id(p) in owners:
+                raise ValueError(
+                    f"TGD: parameter '{key}' of {type(module).__name__} '{name}' is the same tensor as "
+                    f"'{owners[id(p)]}' (shared weights); TGD keeps rows per module and cannot follow a tensor shared "
+                    f"by two. {SUPPORTED}"
+                )
+            owners[id(p)] = key
+
+
+def _get_attr(net: nn.Module, target: str):
+    module_name, _, attr = target.rpartition(".")
+    return getattr(net.get_submodule(module_name), attr)
 
 
 def _chain_of(network: nn.Module, chain: ConvChain | None, where: str) -> ConvChain:
@@ -297,8 +394,7 @@ def frozen_rows(
         names = [n for n, _ in module.named_parameters(recurse=False)]
         names += [n for n in buffers if getattr(module, n, None) is not None]
         for attr in names:
-            key = f"{module_name}.{attr}" if module_name else attr
-            frozen[key] = frozen[key] | rows if key in frozen else rows.clone()  # a module used twice: both masks
+            frozen[f"{module_name}.{attr}" if module_name else attr] = rows.clone()  # conv_chain: each module once
 
     for h in chain.hidden:
         rows = ~masks[h.name]
@@ -319,7 +415,11 @@ def frozen_rows(
             if key not in frozen or not maps.any():
                 continue  # the consumer trains fully, or no map to read
             rows = frozen[key]
-            assert rows.dim() == 1, f"{key}: a conv has one input, so one set of reader columns"
+            if rows.dim() != 1:  # only a hand-made chain can name one conv as the consumer of two hidden convs
+                raise ValueError(
+                    f"frozen_rows: conv '{h.consumer_name}' is the consumer of more than one hidden conv in chain; a conv "
+                    "reads one set of feature maps. Pass chain=conv_chain(network)."
+                )
             kernels = rows.view(-1, 1) & ~maps.view(1, -1)
             if kernels.any():
                 frozen[key] = kernels
@@ -340,11 +440,27 @@ def _check_readers(readers: str, mode: str | None = None, where: str = "TGD") ->
         )
 
 
-def _check_settings(freeze_output: bool, bn_stats: str) -> None:
+def _check_mode(mode: str, where: str = "TGD") -> None:
+    if not isinstance(mode, str) or mode not in MODES:
+        raise ValueError(f"{where}: mode must be one of {MODES}, got {mode!r}.")
+
+
+def _check_settings(freeze_output: bool, bn_stats: str, where: str = "TGD") -> None:
     if not isinstance(freeze_output, bool):
-        raise TypeError(f"TGD: freeze_output must be a bool, got {freeze_output!r}.")
-    if bn_stats not in BN_STATS:
-        raise ValueError(f"TGD: bn_stats must be one of {BN_STATS}, got {bn_stats!r}.")
+        raise TypeError(f"{where}: freeze_output must be a bool, got {freeze_output!r}.")
+    if not isinstance(bn_stats, str) or bn_stats not in BN_STATS:
+        raise ValueError(f"{where}: bn_stats must be one of {BN_STATS}, got {bn_stats!r}.")
+
+
+def _check_options(mode: str, freeze_output: bool, bn_stats: str, readers: str, where: str = "TGD") -> None:
+    """Check :class:`TGD`'s options (the one source of these rules; :class:`~monai_tgd.handlers.TGDHandler` uses it).
+
+    Raises:
+        ValueError / TypeError: prefixed with ``where``, naming the option and its allowed values.
+    """
+    _check_mode(mode, where)
+    _check_settings(freeze_output, bn_stats, where)
+    _check_readers(readers, mode, where)
 
 
 class _FrozenRows:
@@ -354,9 +470,11 @@ class _FrozenRows:
     for whole rows, or ``(out_channels, in_channels)`` for single kernels of a conv weight (see :func:`frozen_rows`).
     """
 
-    def __init__(self, tensor: torch.Tensor, frozen: torch.Tensor) -> None:
+    def __init__(self, key: str, module: nn.Module, attr: str, frozen: torch.Tensor) -> None:
+        tensor = getattr(module, attr)
         if frozen.dim() not in (1, 2) or tuple(frozen.shape) != tuple(tensor.shape[: frozen.dim()]):
             raise ValueError(f"TGD: frozen mask of shape {tuple(frozen.shape)} does not fit a tensor {tuple(tensor.shape)}.")
+        self.key, self.module, self.attr = key, weakref.ref(module), attr  # weak: see _INSTALLED
         self.tensor = tensor
         self.frozen_view = frozen.to(tensor.device).view(*frozen.shape, *([1] * (tensor.dim() - frozen.dim())))
         if frozen.dim() == 1:  # whole rows: only those rows are kept
@@ -367,7 +485,31 @@ class _FrozenRows:
             self.values = tensor.detach().clone()
 
     def mask_grad(self, grad: torch.Tensor) -> torch.Tensor:
+        if grad.device != self.frozen_view.device:
+            raise RuntimeError(_moved_message(f"the gradient of '{self.key}'", _where(self.values), _where(grad)))
         return grad.masked_fill(self.frozen_view, 0)
+
+    def current(self):
+        """The tensor the network holds now in this one's place (None if the network is gone)."""
+        module = self.module()
+        return getattr(module, self.attr, None) if module is not None else None
+
+    def check(self) -> None:
+        """Raise (naming TGD and the tensor) if the network no longer holds this tensor as installed: moved to another
+        device, cast to another dtype, or replaced (e.g. ``load_state_dict(..., assign=True)``)."""
+        if self.module() is None:  # the network is gone; nothing to keep
+            return
+        current = self.current()
+        if not isinstance(current, torch.Tensor) or (current.dtype, current.device) != (self.values.dtype,
+                                                                                       self.values.device):
+            raise RuntimeError(_moved_message(f"'{self.key}'", _where(self.values), _where(current)))
+        if current is not self.tensor:
+            raise RuntimeError(
+                f"TGD: '{self.key}' is no longer the tensor TGD was installed on (replaced, e.g. by "
+                "load_state_dict(..., assign=True)), so TGD would keep the old one. Load weights, move and cast the "
+                "network before installing TGD: call remove() on this TGD, then install a new one (the masks can be "
+                "reused)."
+            )
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -376,8 +518,34 @@ class _FrozenRows:
         else:
             self.tensor.copy_(torch.where(self.frozen_view, self.values, self.tensor))
 
+    @torch.no_grad()
+    def restore_if_held(self) -> None:
+        """:meth:`restore` into the network's current tensor, cast to its dtype and device, if it is still there."""
+        current = self.current() if self.module() is not None else self.tensor
+        if current is not self.tensor:  # replaced: the network no longer holds what TGD froze
+            return
+        if (current.dtype, current.device) != (self.values.dtype, self.values.device):
+            self.values = self.values.to(current.device, current.dtype)
+            self.frozen_view = self.frozen_view.to(current.device)
+            self.index = self.index.to(current.device) if self.index is not None else None
+        self.restore()
 
-#: the network (unwrapped) each installed TGD is on; weak, so a network dropped without remove() is not kept alive
+
+def _moved_message(what: str, installed: str, now: str) -> str:
+    return (
+        f"TGD: {what} is now {now}, but TGD was installed when it was {installed}. Install TGD after moving or "
+        "casting the network (net.to(device), net.double(), ...): call remove() on this TGD, move or cast the network, "
+        "then install a new TGD (the masks can be reused)."
+    )
+
+
+def _where(tensor) -> str:
+    return f"{tensor.dtype} on {tensor.device}" if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+
+
+#: every conv and BN of each installed TGD's chain -> that TGD, so a second TGD through any network holding one of
+#: them (the same network, a wrapper around it, one of its submodules) is refused; weak keys, so this registry keeps
+#: no module alive (an installed TGD does, through its optimizer hooks, until remove())
 _INSTALLED: weakref.WeakKeyDictionary[nn.Module, TGD] = weakref.WeakKeyDictionary()
 
 
@@ -399,9 +567,12 @@ class TGD:
     In both modes the parameter gradients of frozen rows are zeroed, and after every step of any optimizer that holds
     the network's parameters (a global ``torch.optim`` step post-hook) the frozen rows are copied back from their
     values at install: gradient masking alone does not stop weight decay or momentum (e.g. a resumed optimizer
-    state) from moving them. So load weights and move the network to its device before installing TGD, and call
-    :meth:`remove` when done (hooks, as in ``torch.nn.utils.prune``, stay until removed). Like a second prune of the
-    same kind, a second TGD on a network that still carries one raises.
+    state) from moving them. So load weights and move or cast the network before installing TGD (a global step
+    pre-hook checks, before every step, that the network still holds the tensors TGD froze, in their dtype and device,
+    and raises otherwise), and call :meth:`remove` when done (hooks, as in ``torch.nn.utils.prune``, stay until
+    removed). Like a second prune of the same kind, a second TGD on a network that still carries one raises, also
+    through a wrapper or a submodule of it; a deep copy of a network carrying TGD is a plain network (its copied TGD
+    layers act only on the original modules).
 
     The activation mode's gradient is not the gradient of the loss with respect to the retrained parameters: it
     ignores how a retrained channel changes the frozen channels downstream (they read it through small but
@@ -417,7 +588,7 @@ class TGD:
 
     Args:
         network: the network (a ``DistributedDataParallel``/``DataParallel`` wrapper is unwrapped). Install TGD after
-            moving the network to its device.
+            loading its weights and moving or casting it (checked at every step).
         masks: ``{hidden conv name: bool [out_channels]}``, True = retrain, as from :func:`kse_masks`.
         mode: ``"activation"`` or ``"parameter"``.
         freeze_output: keep the output convolutions unchanged (the paper); ``False`` trains them fully.
@@ -432,8 +603,12 @@ class TGD:
             ``mode="parameter"`` (the activation mode's TGD layer gives those kernels no gradient).
 
     Raises:
-        ValueError: TGD is already installed on the network, or a bad mode, bn_stats, readers (or ``readers="all"``
-            without ``mode="parameter"``), mask or network structure.
+        ValueError: TGD is already installed on the network (or on a network holding one of its convs: a wrapper, a
+            submodule), a bad mode, bn_stats, readers (or ``readers="all"`` without ``mode="parameter"``) or mask, or
+            a network the analysis cannot follow (see :func:`conv_chain`; a ``torch.compile`` wrapper: pass
+            ``model._orig_mod``).
+        RuntimeError: later, before an optimizer step (or in the TGD layer's forward pass, for a device move), if the
+            network was moved, cast or had its tensors replaced after install; nothing is changed by that step.
     """
 
     def __init__(
@@ -448,17 +623,10 @@ class TGD:
     ) -> None:
         if not isinstance(network, nn.Module):
             raise TypeError(f"TGD: network must be an nn.Module, got {type(network).__name__}.")
-        if mode not in MODES:
-            raise ValueError(f"TGD: mode must be one of {MODES}, got {mode!r}.")
-        _check_settings(freeze_output, bn_stats)
-        _check_readers(readers, mode)
+        _check_options(mode, freeze_output, bn_stats, readers)
         net = _unwrap(network)
-        if net in _INSTALLED:
-            raise ValueError(
-                f"TGD: the {type(net).__name__} already carries a TGD; call remove() on that TGD (or leave its with "
-                "block) before installing another."
-            )
         self.chain = _chain_of(net, chain, "TGD")
+        _check_not_installed(net, self.chain)
         rows = frozen_rows(net, masks, freeze_output, bn_stats, self.chain, readers)  # checks masks and settings
         self.masks = _checked_masks(self.chain, masks)
         self.mode, self.freeze_output, self.bn_stats, self.readers = mode, freeze_output, bn_stats, readers
@@ -471,13 +639,14 @@ class TGD:
         except BaseException:
             self.remove()
             raise
-        _INSTALLED[net] = self
+        for module in _chain_modules(self.chain):
+            _INSTALLED[module] = self
 
     def _install(self, net: nn.Module, rows: dict[str, torch.Tensor]) -> None:
         for name, frozen in rows.items():
             module_name, _, attr = name.rpartition(".")
-            tensor = getattr(net.get_submodule(module_name), attr)
-            self._frozen.append(_FrozenRows(tensor, frozen))
+            self._frozen.append(_FrozenRows(name, net.get_submodule(module_name), attr, frozen))
+            tensor = self._frozen[-1].tensor
             if isinstance(tensor, nn.Parameter) and tensor.requires_grad:
                 self._handles.append(tensor.register_hook(self._frozen[-1].mask_grad))
         if self.mode == "activation":
@@ -486,11 +655,24 @@ class TGD:
                 # dL/dY after BN already gives an exactly zero dL/dY after the conv: one layer does both.
                 last = h.norm if h.norm is not None else h.conv
                 frozen = ~self.masks[h.name].to(h.conv.weight.device)
-                self._handles.append(last.register_forward_hook(_output_grad_mask(frozen)))
+                name = h.norm_name if h.norm is not None else h.name
+                self._handles.append(last.register_forward_hook(_TGDLayer(last, name, frozen)))
+        self._handles.append(register_optimizer_step_pre_hook(self._before_step))
         self._handles.append(register_optimizer_step_post_hook(self._after_step))
 
+    def _holds(self, optimizer: torch.optim.Optimizer, ids: set[int] | frozenset[int] = frozenset()) -> bool:
+        ids = self._param_ids | ids if ids else self._param_ids
+        return any(id(p) in ids for group in optimizer.param_groups for p in group["params"])
+
+    def _before_step(self, optimizer: torch.optim.Optimizer, *_) -> None:
+        """Before the step changes anything: the network still holds the tensors TGD froze, as installed (also for
+        an optimizer of tensors that replaced them, e.g. built after a move that swapped the parameters)."""
+        if self._holds(optimizer, {id(rows.current()) for rows in self._frozen}):
+            for rows in self._frozen:
+                rows.check()
+
     def _after_step(self, optimizer: torch.optim.Optimizer, *_) -> None:
-        if any(id(p) in self._param_ids for group in optimizer.param_groups for p in group["params"]):
+        if self._holds(optimizer):
             self._restore()
 
     def _restore(self) -> None:
@@ -498,15 +680,19 @@ class TGD:
             rows.restore()
 
     def remove(self) -> None:
-        """Restore the frozen rows once more and take every hook away; the network is a plain network again."""
-        self._restore()
+        """Restore the frozen rows once more and take every hook away; the network is a plain network again.
+
+        Works after the network was moved or cast too (the rows are restored in its new dtype and device), so a
+        ``with`` block left on the error of such a move shows that error."""
+        for rows in self._frozen:
+            rows.restore_if_held()
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
         self._frozen.clear()
-        net = self._network()
-        if net is not None and _INSTALLED.get(net) is self:
-            del _INSTALLED[net]
+        for module in _chain_modules(self.chain):
+            if _INSTALLED.get(module) is self:
+                del _INSTALLED[module]
 
     def __enter__(self) -> TGD:
         return self
@@ -515,15 +701,47 @@ class TGD:
         self.remove()
 
 
-def _output_grad_mask(frozen: torch.Tensor):
-    """Forward hook: the TGD layer, identity forward, ``dL/dY`` of frozen channels zeroed backward (Eq. 4)."""
+def _chain_modules(chain: ConvChain) -> list[nn.Module]:
+    modules = [m for h in chain.hidden for m in (h.conv, h.norm) if m is not None]
+    return modules + [conv for _, conv in chain.outputs]
 
-    def hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
-        if output.requires_grad:
-            view = frozen.view(1, -1, *([1] * (output.dim() - 2)))
+
+def _check_not_installed(net: nn.Module, chain: ConvChain) -> None:
+    """Refuse a second TGD on modules that carry one, whichever network holds them (``net`` itself, a wrapper around
+    the network of the first TGD, or one of its submodules)."""
+    names = {id(m): n for n, m in net.named_modules()}
+    for module in _chain_modules(chain):
+        other = _INSTALLED.get(module)
+        if other is None:
+            continue
+        first = other._network()
+        if first is net:
+            where = ""
+        else:
+            where = f" through its module '{names.get(id(module), '?')}' (a TGD installed on a {type(first).__name__})"
+        raise ValueError(
+            f"TGD: the {type(net).__name__} already carries a TGD{where}; call remove() on that TGD (or leave its "
+            "with block) before installing another."
+        )
+
+
+class _TGDLayer:
+    """Forward hook: the TGD layer, identity forward, ``dL/dY`` of frozen channels zeroed backward (Eq. 4).
+
+    It acts only on the module it was registered on: ``copy.deepcopy`` copies forward hooks but keeps this weak
+    reference, so in a deep copy of a network carrying TGD the copied hook does nothing (the copy is a plain network,
+    as its parameters carry no TGD hooks and no optimizer hook restores them)."""
+
+    def __init__(self, module: nn.Module, name: str, frozen: torch.Tensor) -> None:
+        self.module, self.name, self.frozen = weakref.ref(module), name, frozen
+
+    def __call__(self, module: nn.Module, inputs, output: torch.Tensor) -> None:
+        if output.requires_grad and self.module() is module:
+            if output.device != self.frozen.device:
+                where = f"on {self.frozen.device}"
+                raise RuntimeError(_moved_message(f"the output of '{self.name}'", where, f"on {output.device}"))
+            view = self.frozen.view(1, -1, *([1] * (output.dim() - 2)))
             output.register_hook(lambda grad: grad.masked_fill(view, 0))
-
-    return hook
 
 
 def _checked_masks(chain: ConvChain, masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -55,6 +55,7 @@ PROFILES: dict[str, dict] = {
         "finetune_epochs": 4,
         "finetune_curve_interval": 1,
         "finetune_patience": 2,
+        "finetune_restore_best": True,
         "variant_seeds": [0],
         "n2n_epochs": 2,
         "n2n_samples": 4,
@@ -71,6 +72,7 @@ PROFILES: dict[str, dict] = {
         "finetune_epochs": 200,
         "finetune_curve_interval": 10,
         "finetune_patience": 3,
+        "finetune_restore_best": True,
         "variant_seeds": [0],
         "n2n_epochs": 60,
         "n2n_samples": 16,
@@ -86,6 +88,7 @@ PROFILES: dict[str, dict] = {
         "finetune_epochs": 1000,
         "finetune_curve_interval": 10,
         "finetune_patience": 5,
+        "finetune_restore_best": True,
         "variant_seeds": [0],
         "n2n_epochs": 150,
         "n2n_samples": 32,
@@ -169,9 +172,10 @@ class Study:
 
     # ---- the stages ------------------------------------------------------------------------------------------------
     def train(self, name: str, workflow: list[str], needs: list[str], seed: int, curve: int | None = None,
-              **overrides) -> Stage:
+              restore_best: bool = False, **overrides) -> Stage:
         if curve is not None:
-            workflow = workflow + ["loss_curve"]
+            # restore_best.json (after loss_curve.json): the run ends with its weights of the best validation
+            workflow = workflow + ["loss_curve"] + (["restore_best"] if restore_best else [])
             overrides["curve_interval"] = curve
         overrides = {"run_name": name, "final_model": str(self.model(name)), **overrides}
         return Stage(name, workflow, overrides, self.model(name), needs, self.runs / name, seed)
@@ -240,7 +244,8 @@ class Study:
         ft, tgd = f"ft_s{seed}", f"tgd_s{seed}"
         # every fine-tuning: the same rule, until the validation loss flattens (or the epoch cap)
         tune = {"epochs": s["finetune_epochs"], "init_checkpoint": str(self.model("v1")),
-                "curve": s["finetune_curve_interval"], "early_stop_patience": s["finetune_patience"]}
+                "curve": s["finetune_curve_interval"], "early_stop_patience": s["finetune_patience"],
+                "restore_best": s["finetune_restore_best"]}
         out = [
             self.train(ft, ["finetune"], ["v1"], seed, **tune),
             self.train(tgd, ["finetune_tgd"], ["v1"], seed, **tune),

@@ -179,3 +179,9 @@ def assert_frozen_elements_kept(
         assert torch.equal(now, then), (
             f"{prefix}frozen elements of {key} changed, max abs change {(now - then).abs().max().item():.3e}"
         )
+
+
+def first_realisations(tiny_cohort, recon="v1") -> list[str]:
+    """Absolute paths of the first 60 s realisation of each test study of the tiny cohort, for one recon."""
+    records = json.loads(Path(tiny_cohort).read_text())["test"]
+    return [str(Path(tiny_cohort).parent / r["realizations"][0]) for r in records if r["recon"] == recon]

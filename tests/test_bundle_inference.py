@@ -1,6 +1,7 @@
 """The bundle's ``inference`` workflow on the tiny simulated cohort: NIfTI and DICOM in, NIfTI out, all-or-nothing."""
 
 import json
+import locale
 from pathlib import Path
 
 import nibabel as nib
@@ -10,12 +11,7 @@ import torch
 
 from monai_tgd.networks import DnCNN
 
-from .conftest import TINY_OVERRIDES, load_tiny_model
-
-
-def first_realisations(tiny_cohort, recon="v1"):
-    records = json.loads(Path(tiny_cohort).read_text())["test"]
-    return [str(Path(tiny_cohort).parent / r["realizations"][0]) for r in records if r["recon"] == recon]
+from .conftest import TINY_OVERRIDES, first_realisations, load_tiny_model
 
 
 @pytest.fixture
@@ -91,7 +87,19 @@ def test_bad_input_among_several_writes_nothing(run_bundle, tiny_cohort, tmp_pat
 
 
 def write_dicom_series(nifti: str, folder: Path) -> float:
-    """Write a NIfTI volume as a PET DICOM series (int16 + rescale slope); return the slope."""
+    """Write a NIfTI volume as a PET DICOM series (int16 + rescale slope); return the slope.
+
+    SimpleITK's DICOM writer sets the process's C locale to "C" (ASCII) and leaves it so, which would change the
+    default text encoding of every later test in this process (torch.compile then fails reading its UTF-8 templates):
+    the locale is put back."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        return _write_dicom_series(nifti, folder)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_dicom_series(nifti: str, folder: Path) -> float:
     sitk = pytest.importorskip("SimpleITK")
     img = sitk.ReadImage(nifti, sitk.sitkFloat32)  # SimpleITK converts NIfTI's RAS to DICOM's LPS
     values = sitk.GetArrayViewFromImage(img)

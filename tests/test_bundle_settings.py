@@ -274,13 +274,15 @@ def test_require_checkpoints_names_every_missing_one(tmp_path):
 # ---- small helpers -------------------------------------------------------------------------------------------------
 
 
-def test_online_n2n_names():
-    p = parser("online_n2n", init_checkpoint="/x/models/model_tgd.pt", n2n_study="ood_catheter")
+def test_online_n2n_names(tmp_path):
+    p = parser("online_n2n", init_checkpoint="/x/models/model_tgd.pt", n2n_study="ood_catheter",
+               output_dir=str(tmp_path / "runs"), denoise_files=["/data/input_120s.nii.gz"])  # fmt: skip
     assert p.get_parsed_content("run_name") == "n2n_ood_catheter_tgd"
     assert helpers.checkpoint_run_name("models/model_v2.pt") == "v2"
     assert helpers.checkpoint_run_name("run.model_x.pt") == "run"
-    formatter = p.get_parsed_content("denoise#postprocessing#transforms#0#output_name_formatter")
-    assert formatter({"filename_or_obj": "/data/input_120s.nii.gz"}, None) == {"subject": "ood_catheter"}
+    layout = p.get_parsed_content("denoise#postprocessing#transforms#0").saver.folder_layout
+    expected = str(tmp_path / "runs" / "n2n_ood_catheter_tgd" / "ood_catheter_denoised.nii.gz")
+    assert layout.filename("/data/input_120s.nii.gz") == expected  # named after the study, whatever the input file
     assert p.get_parsed_content("n2n_holdout#evaluator#metric_cmp_fn")(0.1, 0.2) is True
 
 

@@ -454,26 +454,6 @@ def test_mask_summary_of_a_network_without_hidden_convs():
     assert mask_summary(nn.Sequential(nn.Conv2d(1, 1, 3)), {}) == {"overall": 0.0}
 
 
-class _SharedBN(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.c1, self.c2, self.c3 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 1, 1)
-        self.bn = nn.BatchNorm2d(4)
-
-    def forward(self, x):
-        return self.c3(torch.relu(self.bn(self.c2(torch.relu(self.bn(self.c1(x)))))))
-
-
-def test_frozen_rows_of_a_shared_bn_are_the_union():
-    """A BN used after two hidden convs keeps every row either conv freezes (frozen_rows_39/41)."""
-    m1 = torch.tensor([True, True, False, False])  # True = retrain
-    m2 = torch.tensor([True, False, True, False])
-    rows = frozen_rows(_SharedBN(), {"c1": m1, "c2": m2})
-    union = [False, True, True, True]  # frozen = ~m1 | ~m2
-    for key in ("bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"):
-        assert rows[key].tolist() == union, key
-
-
 def test_tgd_leaves_user_frozen_parameters_alone():
     """A parameter the user set to requires_grad=False gets no gradient hook (TGD._install_16 raises) and the frozen
     rows stay bit-identical through an SGD step."""

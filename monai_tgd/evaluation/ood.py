@@ -4,6 +4,7 @@ the networks never saw (the irregular bladder, the catheter)."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,9 @@ from monai_tgd.metrics import roi_bias, roi_cov, roi_mae, roi_rmse
 
 from .loading import load_networks, network_sources
 from .per_network import check_input_name, rows_per_network
-from .records import check_ood_record, load_image, load_label
+from .records import check_ood_records, load_image, load_label
 from .rois import body_roi, liver_roi, ood_roi
-from .tables import fmt, write_csv, write_json
+from .tables import csv_text, fmt, json_text, write_texts
 
 __all__ = ["OOD_COLUMNS", "evaluate_ood", "ood_markdown"]
 
@@ -73,7 +74,14 @@ def evaluate_ood(
 
     Rows (fields of :data:`OOD_COLUMNS`) come per (record, network), the un-denoised input first (network
     ``"input (120 s)"`` for ``input_120s``). ``output_dir``
-    gets ``evaluation_ood.csv`` and ``evaluation_ood.json``. All inputs are checked before any inference.
+    gets ``evaluation_ood.csv`` and ``evaluation_ood.json``, written only once every study was evaluated.
+
+    Raises:
+        FileNotFoundError / ValueError: before any inference, for a missing or unfitting checkpoint, no records, a
+            missing field or a non-integer ``ood_label``, or any bad file
+            (:func:`monai_tgd.evaluation.records.check_ood_records`: every file is read in full first; missing,
+            truncated or corrupted files, NaN/inf voxels, a ``label`` that is not an integer-valued label map with a
+            body voxel, images of different shapes within a study). The message names the path, study and field.
     """
     say = log or (lambda _msg: None)
     if studies is not None:
@@ -88,15 +96,18 @@ def evaluate_ood(
     duration = input_key.rsplit("_", 1)[-1].removesuffix("s")  # "input_120s" -> "120"
     input_name = (f"input ({duration} s)" if duration.isdigit() else f"input ({input_key})") if include_input else None
     check_input_name(input_name, models, "evaluate_ood")
-    for i, record in enumerate(records):
-        check_ood_record(record, i, input_key)
+    start = time.perf_counter()
+    checked = check_ood_records(records, input_key)  # every file read in full and validated, before any inference
+    say(f"evaluate_ood: {len(checked)} input files of {len(records)} record(s) read and checked in "
+        f"{time.perf_counter() - start:.2f} s")  # fmt: skip
 
     rows: list[dict] = []
-    for record in records:
+    for index, record in enumerate(records):
         study = record.get("study", "")
-        image = load_image(record[input_key])
-        reference = load_image(record["reference"])
-        label = load_label(record["label"])
+        name = str(record.get("study", f"#{index}"))  # as in the messages of check_ood_records
+        image = load_image(record[input_key], name, input_key)
+        reference = load_image(record["reference"], name, "reference")
+        label = load_label(record["label"], name)
         ood = ood_roi(label, record["ood_label"], ood_dilation, axial_axis)
         has_roi = bool(ood.any())
         has_bias = has_roi and reference[ood].mean() != 0
@@ -128,16 +139,17 @@ def evaluate_ood(
         )  # fmt: skip
     if output_dir is not None:
         out_dir = Path(output_dir)
-        write_csv(out_dir / "evaluation_ood.csv", rows, OOD_COLUMNS)
-        write_json(
-            out_dir / "evaluation_ood.json",
+        content = json_text(
             {
                 "description": "Error inside the out-of-distribution ROI against the 600 s reference and liver pixel "
                 "CoV of the denoised input (paper Fig. 6)",
                 "input": input_key,
                 "ood_dilation_voxels": ood_dilation,
                 "rows": rows,
-            },
+            }
+        )
+        write_texts(  # both or none
+            {out_dir / "evaluation_ood.csv": csv_text(rows, OOD_COLUMNS), out_dir / "evaluation_ood.json": content}
         )
     return rows
 

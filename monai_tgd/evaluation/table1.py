@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,9 @@ from monai_tgd.metrics import ensemble_bias, ensemble_cov, roi_rmse
 
 from .loading import load_networks, network_sources
 from .per_network import check_input_name, rows_per_network
-from .records import check_test_record, load_image, load_label
+from .records import check_test_records, load_image, load_label
 from .rois import FIRST_LESION_LABEL, body_roi, liver_roi, roi_slices
-from .tables import bold_best, fmt, write_csv, write_json, write_text
+from .tables import bold_best, csv_text, fmt, json_text, write_texts
 
 __all__ = ["EVALUATION_COLUMNS", "LESION_COLUMNS", "evaluate_networks", "evaluation_markdown"]
 
@@ -151,7 +152,10 @@ def evaluate_networks(
 
     Raises:
         FileNotFoundError / ValueError: before any inference, for a missing or unfitting checkpoint, no records, a
-            missing file or field, or images of different shapes within a study.
+            missing field, or any bad file (:func:`monai_tgd.evaluation.records.check_test_records`: every file is
+            read in full first; missing, truncated or corrupted files, NaN/inf voxels, a ``label`` that is not an
+            integer-valued label map with a body voxel, images of different shapes within a study). The message
+            names the path, the study and the field. Nothing is written unless every study was evaluated.
     """
     say = log or (lambda _msg: None)
     if not records:
@@ -169,20 +173,23 @@ def evaluate_networks(
             "evaluate_networks: roi_slices_only needs an inferer with an integer 'slab' (the slices each output "
             f"slice sees, e.g. Slab25DInferer), got {type(inferer).__name__}."
         )
-    for i, record in enumerate(records):
-        check_test_record(record, i)
+    start = time.perf_counter()
+    checked = check_test_records(records)  # every file read in full and validated, before any inference
+    say(f"evaluate: {len(checked)} input files of {len(records)} record(s) read and checked in "
+        f"{time.perf_counter() - start:.2f} s")  # fmt: skip
 
     rows: list[dict] = []
-    for record in records:
+    for index, record in enumerate(records):
         study, recon = record.get("study", ""), record.get("recon", "")
-        realizations = np.stack([load_image(p) for p in record["realizations"]])
-        reference = load_image(record["reference"])
-        truth = load_image(record["truth"]) if record.get("truth") else None
-        label = load_label(record["label"])
+        name = str(record.get("study", f"#{index}"))  # as in the messages of check_test_records
+        realizations = np.stack(
+            [load_image(p, name, f"realizations[{i}]") for i, p in enumerate(record["realizations"])]
+        )
+        reference = load_image(record["reference"], name, "reference")
+        truth = load_image(record["truth"], name, "truth") if record.get("truth") else None
+        label = load_label(record["label"], name)
         liver, erosion = liver_roi(label, liver_erosion, axial_axis)
         body = body_roi(label)
-        if not body.any():
-            raise ValueError(f"study {study}: the label map has no body voxel (label > 0).")
         lesions = record.get("lesions") or []
         inner = (slice(None),) * label.ndim  # the evaluated part of what is denoised
         if roi_slices_only:
@@ -215,10 +222,7 @@ def evaluate_networks(
 
     if output_dir is not None:
         out = Path(output_dir)
-        write_csv(out / "evaluation.csv", rows, EVALUATION_COLUMNS)
-        write_csv(out / "evaluation_lesions.csv", [p for r in rows for p in r["lesions"]], LESION_COLUMNS)
-        write_json(
-            out / "evaluation.json",
+        content = json_text(
             {
                 "description": "Ensemble lesion bias and liver CoV over the R noise realisations of each test study "
                 "(paper Table 1); see the bundle docs/evaluate_kse_sweep.md",
@@ -230,9 +234,16 @@ def evaluate_networks(
                 "networks": sources,
                 "liver_erosion_voxels": liver_erosion,
                 "rows": rows,
-            },
+            }
         )
-        write_text(out / "evaluation.md", evaluation_markdown(rows))
+        write_texts(  # all four or none
+            {
+                out / "evaluation.csv": csv_text(rows, EVALUATION_COLUMNS),
+                out / "evaluation_lesions.csv": csv_text([p for r in rows for p in r["lesions"]], LESION_COLUMNS),
+                out / "evaluation.json": content,
+                out / "evaluation.md": evaluation_markdown(rows),
+            }
+        )
     return rows
 
 

@@ -17,7 +17,7 @@ from monai_tgd.kse import kse_scores
 from monai_tgd.tgd import conv_chain, drop_redundant, kse_masks, zero_readers
 
 from .loading import denoise, load_network, network_source, volume_tensor
-from .records import load_image, same_shape
+from .records import check_study_files, load_image, load_label
 from .rois import body_roi
 from .tables import fmt, write_csv, write_json, write_text
 
@@ -203,9 +203,10 @@ def run_kse_sweep(
         )
     if "label" not in record:
         raise ValueError(f"run_kse_sweep: study {name} has no 'label' (needed for the body mask).")
-    same_shape({"realization": paths[int(realization)], "label": record["label"]}, name, prefix="run_kse_sweep: ")
-    volume = load_image(paths[int(realization)])
-    body = body_roi(np.rint(load_image(record["label"])))
+    field = f"realizations[{int(realization) % len(paths)}]"
+    check_study_files([(name, {field: paths[int(realization)], "label": record["label"]})], prefix="run_kse_sweep: ")
+    volume = load_image(paths[int(realization)], name, field)
+    body = body_roi(load_label(record["label"], name))
     rows = kse_sweep(net, volume, thresholds, inferer, body, seed, random_draws, alpha, k, device)
     result = {
         "network": source,

@@ -17,7 +17,7 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from ..io import atomic_path
-from ..tgd import BN_STATS, MODES, READERS, TGD, ConvChain, conv_chain, kse_masks, mask_summary, threshold_for_budget
+from ..tgd import TGD, ConvChain, _check_options, conv_chain, kse_masks, mask_summary, threshold_for_budget
 
 __all__ = ["TGDHandler"]
 
@@ -56,7 +56,8 @@ class TGDHandler:
         threshold: KSE threshold ``phi`` in [0, 1] (0.3 in the paper), or ``"auto"``.
         masks: precomputed masks, a dict ``{conv name: 1-D bool tensor}`` or the path of an existing
             ``tgd_masks.pt``; None computes them at the start.
-        mode, freeze_output, bn_stats: see :class:`monai_tgd.tgd.TGD` (one of ``MODES``; a bool; one of ``BN_STATS``).
+        mode, freeze_output, bn_stats: see :class:`monai_tgd.tgd.TGD` (one of ``MODES``; a bool; one of ``BN_STATS``;
+            checked by the same code as TGD's, with the prefix ``TGDHandler:``).
         alpha, k: KSE parameters, see :func:`monai_tgd.kse.kse_scores` (finite ``alpha >= 0``; an int ``k >= 1``).
         output_dir: where the mask files go (a path; None: not written).
         network: the network to fine-tune (an ``nn.Module``); default ``engine.network`` (MONAI engines).
@@ -69,6 +70,8 @@ class TGDHandler:
 
     Raises:
         TypeError / ValueError / FileNotFoundError: at construction, for any argument out of the forms above.
+        ValueError: at the first iteration, before any step, for a network TGD does not support (see
+            :func:`monai_tgd.tgd.conv_chain`; the message names the module) or that already carries a TGD.
     """
 
     def __init__(
@@ -97,19 +100,7 @@ class TGDHandler:
                 )
         elif not _is_real(threshold) or not 0.0 <= threshold <= 1.0:  # also rejects NaN
             raise ValueError(f"TGDHandler: threshold must be in [0, 1] or {AUTO!r}, got {threshold!r}.")
-        if mode not in MODES:
-            raise ValueError(f"TGDHandler: mode must be one of {MODES}, got {mode!r}.")
-        if not isinstance(freeze_output, bool):
-            raise TypeError(f"TGDHandler: freeze_output must be a bool, got {freeze_output!r}.")
-        if bn_stats not in BN_STATS:
-            raise ValueError(f"TGDHandler: bn_stats must be one of {BN_STATS}, got {bn_stats!r}.")
-        if not isinstance(readers, str) or readers not in READERS:
-            raise ValueError(f"TGDHandler: readers must be one of {READERS}, got {readers!r}.")
-        if readers == "all" and mode != "parameter":
-            raise ValueError(
-                f"TGDHandler: readers='all' needs mode='parameter', got mode={mode!r} (in activation mode the reader "
-                "kernels in frozen rows get no gradient); use readers='output' with mode='activation'."
-            )
+        _check_options(mode, freeze_output, bn_stats, readers, where="TGDHandler")  # TGD's own rules, one source
         if not _is_real(alpha) or not math.isfinite(alpha) or alpha < 0:
             raise ValueError(f"TGDHandler: alpha must be a finite number >= 0 (1 in the paper), got {alpha!r}.")
         if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:

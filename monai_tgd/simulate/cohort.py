@@ -4,6 +4,7 @@ Layout of a cohort folder ``OUT``::
 
     OUT/datalist.json                 MONAI-style datalist (paths relative to OUT), see docs/simulator.md
     OUT/cohort.json                   completion marker, written last: settings hash + every file of the cohort
+    OUT/.cohort_owner.json            written first: the profile name and seed whose cohort OUT holds
     OUT/.lock                         held (fcntl.flock, exclusive) by the process generating or checking OUT
     OUT/studies/<study>/study.json    per-study marker, written last for that study: study hash + its record(s)
     OUT/studies/<study>/{label,truth,mu}.nii.gz
@@ -14,6 +15,11 @@ current settings hash and whose files all exist is reused as is; otherwise the m
 whose ``study.json`` matches are reused, the others are simulated again, and the datalist and marker are rewritten.
 :func:`generate_cohort` holds an exclusive lock on ``OUT/.lock`` throughout, so concurrent callers on one folder
 (e.g. every rank under ``torchrun``) run one after the other: the first generates, the others reuse its cohort.
+
+``OUT`` is written only if it is new or empty, or holds a cohort this simulator wrote for the same profile name and
+seed (recognised by ``.cohort_owner.json``, or by the ``cohort.json``/``datalist.json`` of cohorts written before it
+existed); anything else is refused before a file is touched, so a user's folder or another seed's cohort is never
+overwritten. A new simulator version or profile definition under the same name regenerates the cohort in place.
 """
 
 from __future__ import annotations
@@ -337,6 +343,64 @@ def _records(plan: StudyPlan, manifest: dict) -> dict[str, list[dict]]:
     return out
 
 
+OWNER_FILE = ".cohort_owner.json"
+"""Written first into a cohort folder: ``{"writer": "monai_tgd.simulate", "profile": <name>, "seed": <seed>}``."""
+_MACHINERY = (".lock",)
+_MACHINERY_PREFIXES = (".write-test-", ".partial-")
+
+
+def _folder_cohort(root: Path) -> tuple[object, object] | None:
+    """``(profile name, seed)`` of the cohort this simulator wrote in ``root``, or None if it holds none."""
+    for name in (OWNER_FILE, "cohort.json", "datalist.json"):
+        try:
+            content = json.loads((root / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(content, dict):
+            continue
+        if name == OWNER_FILE and content.get("writer") == "monai_tgd.simulate":
+            return content.get("profile"), content.get("seed")
+        if name == "cohort.json" and "settings_hash" in content and isinstance(content.get("profile"), dict):
+            return content["profile"].get("name"), content.get("seed")
+        if name == "datalist.json" and "settings_hash" in content and "simulator_version" in content:
+            return content.get("profile"), content.get("seed")
+    return None
+
+
+def _check_folder(root: Path, profile: Profile, seed: int) -> None:
+    """Refuse ``root`` unless it is new, empty (but for the lock machinery), or holds this profile's and seed's cohort.
+
+    Only reads: run before anything is created in ``root``, and again under the folder lock."""
+    if not root.is_dir():
+        return  # new (created later), or not a folder (_check_writable says so)
+    found = _folder_cohort(root)
+    if found is None:
+        foreign = sorted(e.name for e in root.iterdir()
+                         if e.name not in _MACHINERY and not e.name.startswith(_MACHINERY_PREFIXES))  # fmt: skip
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+            raise ValueError(
+                f"refusing to write the cohort into {str(root)!r}: the folder is not empty ({len(foreign)} "
+                f"{'entry' if len(foreign) == 1 else 'entries'}: {shown}) and holds no cohort written by "
+                "monai_tgd.simulate. Give a new or empty folder."
+            )
+    elif found != (profile.name, seed):
+        raise ValueError(
+            f"{str(root)!r} holds the simulated cohort of profile {found[0]!r}, seed {found[1]!r}; refusing to replace "
+            f"it with profile {profile.name!r}, seed {seed}. Give another folder (the bundle's cohort_dir is "
+            "data/simulated_<profile> for seed 0 and data/simulated_<profile>_seed<seed> otherwise), or delete this "
+            "one first."
+        )
+
+
+def _check_out(out: object) -> Path:
+    if isinstance(out, str) and not out.strip():
+        raise ValueError(f"out {out!r} is not a folder: give the cohort folder's path (a new or empty folder).")
+    if not isinstance(out, (str, os.PathLike)):
+        raise ValueError(f"out must be a folder path, got {type(out).__name__} {out!r}.")
+    return Path(out)
+
+
 def _check_writable(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -364,7 +428,8 @@ def generate_cohort(
     """Generate (or reuse) a simulated cohort in ``out`` and return the path of its ``datalist.json``.
 
     Args:
-        out: cohort folder (created if needed).
+        out: cohort folder (created if needed): new, empty, or holding this simulator's cohort of the same profile
+            name and seed.
         profile: a name in :data:`PROFILES` or a :class:`Profile`.
         seed: cohort seed; the cohort is a deterministic function of ``(profile, seed)``.
         workers: simulation processes; None uses ``min(2, cpu count)`` (1 for ``tiny``). Each process uses one
@@ -373,7 +438,8 @@ def generate_cohort(
         log: callable receiving one-line status messages (e.g. ``print``); None is silent.
 
     Raises:
-        ValueError: unknown profile name or negative seed.
+        ValueError: unknown profile name, negative seed, ``out`` empty, or ``out`` holding anything else than this
+            profile's and seed's cohort (a user's files, another seed's cohort): nothing is written then.
         PermissionError: ``out`` cannot be created or written.
 
     Concurrent calls on the same ``out`` (from any process, e.g. every rank under ``torchrun``) are safe: each
@@ -388,10 +454,12 @@ def generate_cohort(
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}.")
     seed = int(seed)
     say = log or (lambda msg: None)
-    root = Path(out)
+    root = _check_out(out)
+    _check_folder(root, profile, seed)  # before anything (the lock file included) is created in it
     _check_writable(root)
     # the completion marker is checked only while holding the lock
     with folder_lock(root, lambda: say(f"waiting for another process generating the cohort in {root}")):
+        _check_folder(root, profile, seed)  # another process may have started a cohort here meanwhile
         return _generate_locked(root, profile, seed, workers, progress, say)
 
 
@@ -407,6 +475,8 @@ def _generate_locked(root: Path, profile: Profile, seed: int, workers: int | Non
     if done and done.get("settings_hash") == digest and all((root / f).is_file() for f in done.get("files", [])):
         say(f"reusing the complete cohort in {root} (settings {digest})")
         return datalist_path
+    with atomic_path(root / OWNER_FILE) as tmp:  # before any other file: the folder is this cohort's from now on
+        tmp.write_text(json.dumps({"writer": "monai_tgd.simulate", "profile": profile.name, "seed": seed}))
     marker.unlink(missing_ok=True)  # from here on the folder is not a complete cohort until the marker is rewritten
 
     plans = plan_cohort(profile)

@@ -4,7 +4,17 @@ input checks."""
 from .counts import SplitCounts, SplitCountsd, ThinCounts, ThinCountsd
 from .noise_level import RandNoiseLeveld
 from .slab import RandSlab25Dd, Slab25D, Slab25Dd, extract_slabs
-from .validate import ValidatePET, ValidatePETd, check_pet_files
+from .validate import (
+    LABEL_FORM,
+    ValidateLabel,
+    ValidateLabeld,
+    ValidatePET,
+    ValidatePETd,
+    VerifiedNibabelReader,
+    check_files,
+    check_pet_files,
+    load_pet,
+)
 
 __all__ = [
     "ThinCounts",
@@ -19,4 +29,10 @@ __all__ = [
     "ValidatePET",
     "ValidatePETd",
     "check_pet_files",
+    "ValidateLabel",
+    "ValidateLabeld",
+    "VerifiedNibabelReader",
+    "load_pet",
+    "check_files",
+    "LABEL_FORM",
 ]

@@ -21,9 +21,12 @@ def section_convergence(res: Results) -> list[str]:
         "Every fine-tuning (FT-net, TGD-net, the variants) follows the same rule: train until the validation loss "
         f"(MSE on the validation study's v2 60 s image against its 600 s image, every "
         f"{settings['finetune_curve_interval']} epoch(s)) has not improved for {settings['finetune_patience']} "
-        f"validations (`PlateauStopHandler`), or until the epoch cap of {settings['finetune_epochs']} epochs. The "
-        "network kept is the one at the stop. Steps and epochs at the stop; training wall time without the "
-        "validations (the last record of `loss_curve.json`).",
+        f"validations (`PlateauStopHandler`), or until the epoch cap of {settings['finetune_epochs']} epochs. "
+        + ("The network kept is the one of the best validation (`RestoreBestHandler`, configs/restore_best.json; "
+           "the validation study decides, never a test study). " if settings.get("finetune_restore_best") else
+           "The network kept is the one at the stop. ")
+        + "Steps and epochs at the stop; training wall time without the validations (the last record of "
+        "`loss_curve.json`).",
         "",
         *table(["run", "steps", "epochs", "training time (s)", "val. loss at start", "val. loss best",
                 "val. loss at stop", "stopped by"], rows),
