@@ -20,6 +20,7 @@ __all__ = [
     "cohort_folder",
     "ensure_datalist",
     "load_datalist",
+    "check_record_files",
     "n2n_pairs",
     "holdout_slices",
     "calibration_slabs",
@@ -92,6 +93,33 @@ def _resolve(value, base: Path):
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return [_resolve(v, base) for v in value]
     return value
+
+
+def check_record_files(records: Sequence[dict]) -> list[dict]:
+    """Read in full and validate every file the datalist ``records`` name, before any training step; returns
+    ``records``.
+
+    The files are those of the path fields (:data:`PATH_FIELDS`, ``noisy_*``; list fields item by item, e.g.
+    ``halves[1]``): ``label`` as an integer-valued label map, the others as PET images
+    (:func:`monai_tgd.transforms.validate.check_files`: a truncated or corrupted ``.nii.gz`` fails its gzip check,
+    images must be finite). Each distinct file is read once and not kept; all problems are reported together, each
+    naming study, field and path. Training reads the same files again through its own loaders.
+    """
+    from .transforms.validate import check_files
+
+    entries = []
+    for index, record in enumerate(records):
+        study = record.get("study", f"#{index}")
+        for field, value in record.items():
+            if not _is_path_field(field, ()):
+                continue
+            items = [(field, value)] if isinstance(value, (str, os.PathLike)) else \
+                [(f"{field}[{i}]", v) for i, v in enumerate(value) if isinstance(v, (str, os.PathLike))]
+            kind = "label" if field == "label" else "image"
+            entries += [(path, f"study {study}, field '{name}'", kind) for name, path in items]
+    if entries:
+        check_files(entries)
+    return list(records)
 
 
 def load_datalist(

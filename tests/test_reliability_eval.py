@@ -13,6 +13,7 @@ half-way.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -436,3 +437,23 @@ def test_a_folder_that_is_no_dicom_series_gets_no_install_hint(tmp_path):
     with pytest.raises(ValueError, match="a folder is read as a DICOM series") as excinfo:
         check_pet_files([tmp_path])
     assert "pip install" not in str(excinfo.value) and str(tmp_path) in str(excinfo.value)
+
+
+@pytest.mark.parametrize("workflow", ["pretrain", "finetune_tgd"])
+def test_bundle_training_checks_every_file_before_the_first_step(run_bundle, cohort, tmp_path, workflow):
+    """Training reads every file of its datalist in full first: a corrupted file of the last training study stops
+    the run before any step, naming study, field and path, with no checkpoint or model written."""
+    section = {"pretrain": "pretrain_v1", "finetune_tgd": "finetune_v2"}[workflow]
+    content = json.loads(Path(cohort).read_text())
+    last = content[section][-1]
+    field = next(k for k in last if k.startswith("noisy_"))
+    target = Path(cohort).parent / last[field]
+    data = target.read_bytes()
+    target.write_bytes(data[: len(data) // 2])
+    init = {} if workflow == "pretrain" else {"init_checkpoint": tiny_checkpoint(tmp_path / "base" / "model_v1.pt")}
+    with pytest.raises(Exception) as error:
+        run_bundle(workflow, datalist=str(cohort), **init)
+    text = messages(error.value)
+    assert f"study {last['study']}, field '{field}', file {target}: cannot read it" in text, text
+    assert "truncated or corrupted file" in text
+    assert not list((tmp_path / "runs").rglob("*.pt")) and not (tmp_path / "models").exists()
