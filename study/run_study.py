@@ -73,7 +73,7 @@ PROFILES: dict[str, dict] = {
         "finetune_curve_interval": 10,
         "finetune_patience": 3,
         "finetune_restore_best": True,
-        "variant_seeds": [0],
+        "variant_seeds": [0, 1, 2],
         "n2n_epochs": 60,
         "n2n_samples": 16,
         "seeds": [0, 1, 2],

@@ -614,3 +614,29 @@ def test_fingerprints_are_computed_before_the_workers_start(tmp_path, monkeypatc
         run_study._code_digest.cache_clear()
     assert parsed_on == {threading.current_thread().name}
     assert seen and all(seen)
+
+
+def test_variant_numbers_are_means_over_the_variant_seeds():
+    """The variants' validation and test numbers (and so the variant choice) average each seed's own checkpoint;
+    forgetting counts the mean rise on v1 only (a fall is 0)."""
+    from report.checks import _variant_numbers
+
+    class Res:  # the one thing _variant_numbers asks of the run: which checkpoint is a network's at a seed
+        @staticmethod
+        def checkpoint(network, seed):
+            return Path(f"model_{network}_s{seed}.pt")
+
+    def row(checkpoint, rmse, bias=0.0, cov=0.0):
+        return {"checkpoint": f"/work/models/{checkpoint}", "rmse_body_ref": rmse, "liver_lesion_bias_ref_pct": bias,
+                "liver_cov_pct": cov}
+
+    rows = {("val", "v2", "TGD-net"): [row("model_TGD-net_s0.pt", 0.10, -10.0, 7.0),
+                                       row("model_TGD-net_s1.pt", 0.20, -20.0, 9.0)],
+            ("val", "v1", "TGD-net"): [row("model_TGD-net_s0.pt", 0.05), row("model_TGD-net_s1.pt", 0.09)],
+            ("val", "v1", "v1-net"): [row("model_v1.pt", 0.08)]}  # fmt: skip
+    both = _variant_numbers(Res(), rows, ["val"], "TGD-net", [0, 1])
+    assert both["val"] == pytest.approx({"rmse_body_ref": 0.15, "lesion_bias_ref": -15.0, "liver_cov": 8.0})
+    assert both["v1_change"] == pytest.approx(-0.01) and both["v1_forgetting"] == 0.0
+    one = _variant_numbers(Res(), rows, ["val"], "TGD-net", [1])
+    assert one["val"]["rmse_body_ref"] == 0.20 and one["v1_change"] == pytest.approx(0.01)
+    assert one["v1_forgetting"] == pytest.approx(0.01)

@@ -150,23 +150,27 @@ def convergence(res: Results) -> dict:
     return out
 
 
-def variant_seed(res: Results) -> int | None:
-    """The seed the variants ran for (the first of the profile's ``variant_seeds`` in this run), None if none."""
-    return next((s for s in res.manifest["settings"].get("variant_seeds", []) if s in res.seeds), None)
+def variant_seeds(res: Results) -> list[int]:
+    """The seeds the variants ran for in this run (the profile's ``variant_seeds`` among the run's seeds)."""
+    return [s for s in res.manifest["settings"].get("variant_seeds", []) if s in res.seeds]
 
 
-def _variant_numbers(res: Results, rows: dict, studies: list[str], name: str, seed: int) -> dict:
-    """One network's v2 numbers per study and its v1 forgetting (body-RMSE change from v1-net, mean over studies)."""
+def _variant_numbers(res: Results, rows: dict, studies: list[str], name: str, seeds: list[int]) -> dict:
+    """One network's v2 numbers per study and its v1 forgetting (body-RMSE change from v1-net, mean over studies),
+    each the mean over ``seeds``."""
 
-    def value(study, recon, network, key):
+    def value(study, recon, network, key, seed):
         found = rows.get((study, recon, network), [])
         if len(found) > 1:  # per-seed rows: the one of this seed's checkpoint
             found = [r for r in found if same_checkpoint(r, res.checkpoint(network, seed))]
         return found[0][key] if found and found[0][key] is not None else math.nan
 
-    out = {study: {"rmse_body_ref": value(study, "v2", name, RMSE), "lesion_bias_ref": value(study, "v2", name, BIAS),
-                   "liver_cov": value(study, "v2", name, COV)} for study in studies}  # fmt: skip
-    change = [value(s, "v1", name, RMSE) - value(s, "v1", "v1-net", RMSE) for s in studies]
+    def mean(study, key):
+        return spread([value(study, "v2", name, key, seed) for seed in seeds])["mean"]
+
+    out = {study: {"rmse_body_ref": mean(study, RMSE), "lesion_bias_ref": mean(study, BIAS),
+                   "liver_cov": mean(study, COV)} for study in studies}  # fmt: skip
+    change = [value(s, "v1", name, RMSE, seed) - value(s, "v1", "v1-net", RMSE, seed) for s in studies for seed in seeds]
     out["v1_change"] = spread(change)["mean"]
     out["v1_forgetting"] = forgetting(out["v1_change"])
     return out
@@ -174,15 +178,15 @@ def _variant_numbers(res: Results, rows: dict, studies: list[str], name: str, se
 
 @cache
 def variants(res: Results) -> dict | None:
-    """TGD-net, its variants and FT-net (the variant seed) on the validation and the test studies, and the variant
-    chosen on the validation study by :data:`RULE`. None when the run has no variants."""
-    seed = variant_seed(res)
+    """TGD-net, its variants and FT-net (means over the variant seeds) on the validation and the test studies, and
+    the variant chosen on the validation study by :data:`RULE`. None when the run has no variants."""
+    seeds = variant_seeds(res)
     names = ["TGD-net", *res.manifest["ablations"]]
-    if seed is None or not res.manifest["ablations"] or not res.val_studies:
+    if not seeds or not res.manifest["ablations"] or not res.val_studies:
         return None
     every = ["FT-net", *names]
-    val = {n: _variant_numbers(res, res.val, res.val_studies, n, seed) for n in every}
-    test = {n: _variant_numbers(res, res.eval, _test_studies(res), n, seed) for n in every}
+    val = {n: _variant_numbers(res, res.val, res.val_studies, n, seeds) for n in every}
+    test = {n: _variant_numbers(res, res.eval, _test_studies(res), n, seeds) for n in every}
     limit = FORGETTING_SHARE * val["FT-net"]["v1_forgetting"]
     qualified = [n for n in names if val[n]["v1_forgetting"] <= limit]
     mean_rmse = lambda n: spread([val[n][s]["rmse_body_ref"] for s in res.val_studies])["mean"]  # noqa: E731
@@ -190,7 +194,7 @@ def variants(res: Results) -> dict | None:
         chosen = min(qualified, key=mean_rmse)
     else:
         chosen = min(names, key=lambda n: val[n]["v1_forgetting"])
-    return {"seed": seed, "validation_studies": res.val_studies, "test_studies": _test_studies(res),
+    return {"seeds": seeds, "validation_studies": res.val_studies, "test_studies": _test_studies(res),
             "validation": val, "test": test, "rule": RULE, "forgetting_limit": limit, "qualified": qualified,
             "chosen": chosen, "bundle_default": "TGD-net", "chosen_is_default": chosen == "TGD-net"}  # fmt: skip
 

@@ -38,7 +38,8 @@ def section_variants(res: Results) -> list[str]:
         "readers: which conv columns reading retrained maps train too, docs/tgd.md; every other frozen kernel stays "
         "bit-identical). Each variant changes what its overrides say: "
         + "; ".join(f"{name}: `{json.dumps(overrides)}`" for name, overrides in res.manifest["ablations"].items())
-        + f". Seed {v['seed']} only (variants run at every seed: Table 1 in section 2), same data and stopping rule; "
+        + f". Means over seeds {v['seeds']} (the variants' seeds; those run at every seed are also in Table 1 of "
+        "section 2), same data and stopping rule; "
         "FT-net for reference. Last column: the body-RMSE change from v1-net on the v1 reconstruction of the same "
         "studies (mean over the studies; positive = worse on the old task, which is what forgetting counts).",
         "",
