@@ -105,7 +105,7 @@ def check_record_files(records: Sequence[dict]) -> list[dict]:
     images must be finite). Each distinct file is read once and not kept; all problems are reported together, each
     naming study, field and path. Training reads the same files again through its own loaders.
     """
-    from .transforms.validate import check_files
+    from .transforms.validate import check_files, where
 
     entries = []
     for index, record in enumerate(records):
@@ -116,7 +116,7 @@ def check_record_files(records: Sequence[dict]) -> list[dict]:
             items = [(field, value)] if isinstance(value, (str, os.PathLike)) else \
                 [(f"{field}[{i}]", v) for i, v in enumerate(value) if isinstance(v, (str, os.PathLike))]
             kind = "label" if field == "label" else "image"
-            entries += [(path, f"study {study}, field '{name}'", kind) for name, path in items]
+            entries += [(path, where(study, name), kind) for name, path in items]
     if entries:
         check_files(entries)
     return list(records)

@@ -37,8 +37,7 @@ from monai_tgd.tgd import (
     zero_readers,
 )
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "pet_tgd_denoising"
-
+from .conftest import BUNDLE
 
 # ---------------------------------------------------------------------------------------------------------------------
 # fixtures and helpers

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from monai_tgd.transforms.validate import check_files, load_pet
+from monai_tgd.transforms.validate import check_files, load_pet, where
 
 __all__ = [
     "load_image",
@@ -34,11 +34,6 @@ __all__ = [
 
 #: fields of the records that hold label maps (checked as integer-valued); every other file field is an image
 LABEL_FIELDS = ("label",)
-
-
-def where(study: str, field: str) -> str:
-    """How messages name a file of a record: ``study <study>, field '<field>'``."""
-    return f"study {study}, field '{field}'"
 
 
 def load_image(path: str | os.PathLike, study: str | None = None, field: str | None = None) -> np.ndarray:

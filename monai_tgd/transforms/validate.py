@@ -47,6 +47,7 @@ __all__ = [
     "check_pet_files",
     "EXPECTED_FORM",
     "LABEL_FORM",
+    "where",
 ]
 
 EXPECTED_FORM = (
@@ -236,6 +237,11 @@ class VerifiedNibabelReader(NibabelReader):
 
 
 _READ_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile)
+
+
+def where(study: str, field: str) -> str:
+    """How messages name a file of a record: ``study <study>, field '<field>'``."""
+    return f"study {study}, field '{field}'"
 
 
 def _where(path: str, where: str | None) -> str:
