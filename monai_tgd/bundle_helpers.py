@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 __all__ = [
+    "workflow_configs",
     "last_blocks_parameters",
     "enabled_handlers",
     "attach_handlers",
@@ -28,6 +29,35 @@ __all__ = [
     "require_checkpoints",
     "ddp_device",
 ]
+
+
+#: The bundle's config files every training or evaluation workflow starts from: ``inference.json`` (standalone: the
+#: network, inferer, device, data paths and the denoising pipeline; the model zoo's inference config) and
+#: ``train.json`` (training layered on it; alone on top of ``inference.json`` it is the main training workflow,
+#: pretraining v1-net).
+BASE_CONFIGS = ("inference.json", "train.json")
+
+
+def workflow_configs(workflow: str | Sequence[str], configs_dir: str | os.PathLike | None = None) -> list[str]:
+    """The config files of a bundle workflow, in the order ``monai.bundle run --config_file`` takes them.
+
+    ``"inference"`` is ``inference.json`` alone; ``"pretrain"`` (or ``"train"``) is :data:`BASE_CONFIGS`; any other
+    workflow name (``finetune_tgd``, ``evaluate``, ...) or override file (``loss_curve``, ``restore_best``,
+    ``paper``, with or without ``.json``) is appended after them. A list combines several: ``["finetune_tgd",
+    "loss_curve"]``. With ``configs_dir`` the names are joined to it.
+
+    Raises:
+        ValueError: an empty workflow list, or a name that is not a plain file name.
+    """
+    names = [workflow] if isinstance(workflow, str) else list(workflow)
+    if not names or not all(isinstance(n, str) and n and os.path.basename(n) == n for n in names):
+        raise ValueError(f"workflow_configs: expected workflow or config names such as 'finetune_tgd', got {workflow!r}.")
+    names = [n if n.endswith(".json") else f"{n}.json" for n in names]
+    if names == ["inference.json"]:
+        files = names
+    else:
+        files = list(BASE_CONFIGS) + [n for n in names if n not in ("pretrain.json", *BASE_CONFIGS)]
+    return files if configs_dir is None else [os.path.join(os.fspath(configs_dir), f) for f in files]
 
 
 def last_blocks_parameters(network: nn.Module, count: int) -> list[nn.Parameter]:

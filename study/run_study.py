@@ -34,6 +34,7 @@ from pathlib import Path
 
 from report import write_report  # study/report/: this script's folder is on sys.path
 
+from monai_tgd.bundle_helpers import workflow_configs
 from monai_tgd.io import atomic_path, folder_lock
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,7 +127,7 @@ N2N_THRESHOLD = 0.4
 
 @dataclass
 class Stage:
-    """One bundle run: ``workflow`` configs after common.json with ``overrides``; done when ``marker`` exists.
+    """One bundle run: ``workflow`` configs (``bundle_helpers.workflow_configs``) with ``overrides``; done when ``marker`` exists.
 
     ``needs``: stages whose outputs it reads. ``run_dir``: set for training stages, which write epoch checkpoints
     there and can resume from them.
@@ -305,6 +306,7 @@ class Study:
             "bundle_root": str(BUNDLE),
             "datalist": self.datalist,
             "ckpt_dir": str(self.models),
+            "model_dir": str(self.models),
             "output_dir": str(self.runs),
             "seed": stage.seed,
             **self.settings["bundle"],
@@ -331,8 +333,9 @@ class Study:
         return self._fingerprints[stage.name]
 
     def config_files(self, stage: Stage) -> list[str]:
-        """common.json, the workflow's configs, then the profile's (``paper.json`` is merged last, as documented)."""
-        return ["common.json", *(w + ".json" for w in stage.workflow), *self.settings["bundle_files"]]
+        """The workflow's configs (inference.json, train.json, ...), then the profile's (``paper.json`` is merged last,
+        as documented)."""
+        return workflow_configs([*stage.workflow, *self.settings["bundle_files"]])
 
     def command(self, stage: Stage, config: Path) -> list[str]:
         files = self.config_files(stage)
@@ -511,7 +514,7 @@ def _run_locked(profile: str, work: Path, docs: Path, seeds: list[int], ablation
         "n2n_threshold": N2N_THRESHOLD,
         "datalist": study.datalist,
         "ood_studies": study.ood_studies,
-        "weight_decay": json.loads((CONFIGS / "common.json").read_text(encoding="utf-8"))["weight_decay"],
+        "weight_decay": json.loads((CONFIGS / "train.json").read_text(encoding="utf-8"))["weight_decay"],
         "layout": study.layout,
         "stages": {s.name: timings[s.name] for s in stages},
         "invocations": invocations,

@@ -1,6 +1,6 @@
 """Bit-for-bit comparisons of two training runs, made explicit per device.
 
-The bundle trains on ``cuda:0`` when there is one and on the CPU otherwise (``device`` in common.json). On the CPU,
+The bundle trains on ``cuda:0`` when there is one and on the CPU otherwise (``device`` in inference.json). On the CPU,
 two runs with the same seeds, data and thread count give the same bits, and the tests compare them with
 ``torch.equal``. On CUDA that holds only with deterministic kernels: the bundle's ``set_determinism`` makes cuDNN
 deterministic but does not call ``torch.use_deterministic_algorithms``, so other kernels may reduce in a different
@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import pytest
 import torch
 
-#: the bundle's device is CUDA (common.json: ``cuda:0`` if available)
+#: the bundle's device is CUDA (inference.json: ``cuda:0`` if available)
 ON_CUDA = torch.cuda.is_available()
 #: whether two runs made in child processes (the study's stages) can be required to agree bit for bit
 CHILD_RUNS_EXACT = not ON_CUDA

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from monai_tgd.bundle_helpers import workflow_configs
+
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "pet_tgd_denoising"
 
 # Sizes that make every workflow run in seconds on the tiny cohort (40x40x12 voxels).
@@ -33,18 +35,19 @@ def tiny_cohort(tmp_path_factory) -> Path:
 def run_bundle(tiny_cohort, tmp_path):
     """``run_bundle("finetune_tgd", epochs=3)`` runs a bundle workflow in-process on the tiny cohort.
 
-    Checkpoints go to ``tmp_path / "models"`` and run folders to ``tmp_path / "runs"``; keyword arguments override
+    Checkpoints are read from and written to ``tmp_path / "models"`` (``ckpt_dir``, ``model_dir``) and run folders
+    to ``tmp_path / "runs"``; keyword arguments override
     config ids like ``--id value`` on the command line. Returns the workflow's ``run`` results.
     """
     from monai.bundle import run
 
     def _run(workflow: str | list[str], **overrides):
-        files = ["common.json"] + ([workflow] if isinstance(workflow, str) else list(workflow))
-        files = [str(BUNDLE / "configs" / (f if f.endswith(".json") else f + ".json")) for f in files]
+        files = workflow_configs(workflow, BUNDLE / "configs")
         settings = {
             "bundle_root": str(BUNDLE),
             "datalist": str(tiny_cohort),
             "ckpt_dir": str(tmp_path / "models"),
+            "model_dir": str(tmp_path / "models"),
             "output_dir": str(tmp_path / "runs"),
             **TINY_OVERRIDES,
             **overrides,
@@ -114,9 +117,9 @@ def assert_frozen_rows_kept(
 
 
 def bundle_readers(workflow: str) -> str:
-    """The ``tgd_readers`` a bundle workflow runs with by default: common.json's, unless ``<workflow>.json`` sets its
-    own (finetune_tgd sets "all", chosen on the validation study; online_n2n keeps common.json's "output")."""
-    configs = [json.loads((BUNDLE / "configs" / f).read_text(encoding="utf-8")) for f in ("common.json", f"{workflow}.json")]
+    """The ``tgd_readers`` a bundle workflow runs with by default: train.json's, unless ``<workflow>.json`` sets its
+    own (finetune_tgd sets "all", chosen on the validation study; online_n2n keeps train.json's "output")."""
+    configs = [json.loads(Path(f).read_text(encoding="utf-8")) for f in workflow_configs(workflow, BUNDLE / "configs")]
     return next(c["tgd_readers"] for c in reversed(configs) if "tgd_readers" in c)
 
 

@@ -15,6 +15,7 @@ import sys
 import torch
 from monai.bundle import ConfigParser
 
+from monai_tgd.bundle_helpers import workflow_configs
 
 from .conftest import BUNDLE, TINY_OVERRIDES, assert_tgd_kept_frozen, bundle_readers, load_tiny_model
 
@@ -29,9 +30,9 @@ def _load(path) -> dict[str, torch.Tensor]:
 def test_rank0_only_overrides_target_the_right_items():
     """multi_gpu_train.json disables the ``StatsHandler``, the ``TensorBoardStatsHandler`` and both
     ``CheckpointSaver``s on ranks > 0 by name (``train#stats_handler#_disabled_``, ...); this fails if an override
-    names a handler that common.json does not define or does not attach through ``train#handlers``/``train#savers``."""
+    names a handler that train.json does not define or does not attach through ``train#handlers``/``train#savers``."""
     parser = ConfigParser()
-    parser.read_config([str(CONFIGS / f) for f in ("common.json", "finetune_tgd.json", "multi_gpu_train.json")])
+    parser.read_config(workflow_configs(["finetune_tgd", "multi_gpu_train"], CONFIGS))
     overrides = json.loads((CONFIGS / "multi_gpu_train.json").read_text())
     names = [k.removesuffix("#_disabled_") for k in overrides if k.endswith("#_disabled_")]
     targets = sorted(parser[n]["_target_"] for n in names)
@@ -56,7 +57,7 @@ def test_finetune_tgd_ddp_two_processes(run_bundle, tiny_cohort, tmp_path):
     run_bundle("pretrain")
     models = tmp_path / "models"
     overrides = {**TINY_OVERRIDES, "tgd_threshold": 0.5}
-    configs = [str(CONFIGS / f) for f in ("common.json", "finetune_tgd.json", "multi_gpu_train.json")]
+    configs = workflow_configs(["finetune_tgd", "multi_gpu_train"], CONFIGS)
 
     def command(runs):
         cmd = [
@@ -68,6 +69,7 @@ def test_finetune_tgd_ddp_two_processes(run_bundle, tiny_cohort, tmp_path):
             "--bundle_root", str(BUNDLE),
             "--datalist", str(tiny_cohort),
             "--ckpt_dir", str(models),
+            "--model_dir", str(models),
             "--output_dir", str(runs),
         ]  # fmt: skip
         for key, value in overrides.items():

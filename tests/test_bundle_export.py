@@ -19,17 +19,17 @@ from monai_tgd.networks import DnCNN
 from .conftest import BUNDLE, TINY_OVERRIDES
 
 META = str(BUNDLE / "configs" / "metadata.json")
-COMMON = str(BUNDLE / "configs" / "common.json")
+INFERENCE = str(BUNDLE / "configs" / "inference.json")
 
 
 def test_verify_net_in_out_default_network():
     """The default DnCNN (64 features, 8 layers) against metadata's network_data_format (3 channels in, 1 out)."""
-    verify_net_in_out("network_def", meta_file=META, config_file=COMMON, device="cpu")
+    verify_net_in_out("network_def", meta_file=META, config_file=INFERENCE, device="cpu")
 
 
 def test_verify_net_in_out_detects_wrong_output_channels():
     with pytest.raises(ValueError, match="output channel number"):
-        verify_net_in_out("network_def", meta_file=META, config_file=COMMON, device="cpu", **{"network_def#out_channels": 3})
+        verify_net_in_out("network_def", meta_file=META, config_file=INFERENCE, device="cpu", **{"network_def#out_channels": 3})
 
 
 def test_default_network_keeps_the_metadata_spatial_shape():
@@ -47,11 +47,11 @@ def test_ckpt_export_torchscript_matches_eager(run_bundle, tmp_path):
     ckpt, ts_path = tmp_path / "models" / "model_v1.pt", tmp_path / "model.ts"
     sizes = {k: TINY_OVERRIDES[k] for k in ("features", "num_layers")}
     ckpt_export(
-        "network_def", filepath=str(ts_path), ckpt_file=str(ckpt), meta_file=META, config_file=COMMON, **sizes
+        "network_def", filepath=str(ts_path), ckpt_file=str(ckpt), meta_file=META, config_file=INFERENCE, **sizes
     )
-    scripted, meta, extra = load_net_with_metadata(str(ts_path), more_extra_files=("common.json",))
+    scripted, meta, extra = load_net_with_metadata(str(ts_path), more_extra_files=("inference.json",))
     assert meta["version"] == json.loads((BUNDLE / "configs" / "metadata.json").read_text())["version"]
-    assert json.loads(extra["common.json"])["network_def"]["_target_"] == "monai_tgd.networks.DnCNN"
+    assert json.loads(extra["inference.json"])["network_def"]["_target_"] == "monai_tgd.networks.DnCNN"
 
     eager = DnCNN(**sizes)
     eager.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))

@@ -16,9 +16,10 @@ from .conftest import TINY_OVERRIDES, first_realisations, load_tiny_model
 
 @pytest.fixture
 def random_model(tmp_path):
-    """A tiny DnCNN checkpoint in the place of ``model_v1.pt`` (the pipeline, not the training, is tested here)."""
+    """A tiny DnCNN checkpoint in the place of ``model.pt``, inference's default checkpoint (the pipeline, not the
+    training, is tested here)."""
     torch.manual_seed(0)
-    path = tmp_path / "models" / "model_v1.pt"
+    path = tmp_path / "models" / "model.pt"
     path.parent.mkdir()
     torch.save(DnCNN(features=TINY_OVERRIDES["features"], num_layers=TINY_OVERRIDES["num_layers"]).state_dict(), path)
     return path
@@ -43,7 +44,8 @@ def slab_by_slab(network, volume: np.ndarray, slab: int = 3) -> np.ndarray:
 
 def test_pretrain_then_inference_keeps_geometry(run_bundle, tiny_cohort, tmp_path):
     run_bundle("pretrain")
-    run_bundle("inference")  # default inputs: the first v1 realisation of each test study, model_v1.pt
+    # default inputs with inference_recon v1: the first v1 realisation of each test study; the v1-net just trained
+    run_bundle("inference", inference_recon="v1", inference_checkpoint=str(tmp_path / "models" / "model_v1.pt"))
     inputs = first_realisations(tiny_cohort)
     assert len(inputs) == 2
     network = load_tiny_model(tmp_path / "models" / "model_v1.pt").eval()

@@ -58,9 +58,9 @@ def test_network_data_format_fields(side, key):
 
 
 def test_network_data_format_matches_dncnn_defaults():
-    """3 consecutive slices in, the denoised centre slice out: DnCNN's and common.json's network_def defaults."""
+    """3 consecutive slices in, the denoised centre slice out: DnCNN's and inference.json's network_def defaults."""
     defaults = {k: p.default for k, p in inspect.signature(DnCNN).parameters.items()}
-    config = json.loads((BUNDLE / "configs" / "common.json").read_text())
+    config = json.loads((BUNDLE / "configs" / "inference.json").read_text())
     common = config["network_def"]
     fmt = META["network_data_format"]
     assert common["in_channels"] == "@slab"  # the slab width setting

@@ -15,6 +15,7 @@ import torch
 from monai.bundle import ConfigParser
 
 import monai_tgd.bundle_helpers as helpers
+from monai_tgd.bundle_helpers import workflow_configs
 import monai_tgd.evaluation
 from monai_tgd.handlers import TGDHandler
 from monai_tgd.handlers.loss_curve import KSEFlaggedPercent
@@ -30,9 +31,10 @@ RANK0_ONLY = ["train#stats_handler", "train#tensorboard_handler", "train#checkpo
 
 
 def parser(*workflows: str, **overrides) -> ConfigParser:
-    """common.json then ``workflows``, with the tiny sizes and ``overrides`` (config ids), like ``monai.bundle run``."""
+    """The configs of ``workflows`` (``workflow_configs``: inference.json, train.json, then theirs), with the tiny
+    sizes and ``overrides`` (config ids), like ``monai.bundle run``."""
     p = ConfigParser()
-    p.read_config([str(CONFIGS / "common.json")] + [str(CONFIGS / f"{w}.json") for w in workflows])
+    p.read_config(workflow_configs(list(workflows) or "pretrain", CONFIGS))
     p.update({"bundle_root": str(BUNDLE), **TINY_OVERRIDES, **overrides})
     return p
 
@@ -86,7 +88,7 @@ def test_no_literal_slab_width(path):
         assert value == "@slab" or (isinstance(value, list) and value[0] == "@slab" and set(value[1:]) <= {1}), value
     for value in _entries(config, "in_channels"):
         assert value == "@slab", value
-    if path.name == "common.json":
+    if path.name == "inference.json":
         assert setting == 3 and config["network_def"]["in_channels"] == "@slab"
 
 

@@ -145,6 +145,7 @@ def bundle(run_bundle, sandbox):
 
     def _run(workflow, **overrides):
         settings = {"output_dir": str(sandbox["runs"]), "ckpt_dir": str(sandbox["models"]),
+                    "model_dir": str(sandbox["models"]),
                     "init_checkpoint": str(sandbox["base"] / "model_v1.pt"),
                     "inference_checkpoint": str(sandbox["base"] / "model_v1.pt"), "epochs": 1, "n2n_epochs": 1,
                     "samples_per_volume": 2}  # fmt: skip
@@ -386,7 +387,7 @@ def test_cohort_dir_is_keyed_by_profile_and_seed():
 
     def cohort_dir(**settings):
         p = ConfigParser()
-        p.read_config(str(BUNDLE / "configs" / "common.json"))
+        p.read_config(str(BUNDLE / "configs" / "inference.json"))
         p.update({"bundle_root": "/b", **settings})
         return p.get_parsed_content("cohort_dir")
 
@@ -413,7 +414,7 @@ def test_seed_never_regenerates_another_seeds_cohort(tiny_cohort, tmp_path, caps
 
     def datalist_path(seed):
         p = ConfigParser()
-        p.read_config(str(BUNDLE / "configs" / "common.json"))
+        p.read_config(str(BUNDLE / "configs" / "inference.json"))
         p.update({"bundle_root": str(tmp_path / "bundle"), "profile": "tiny", "seed": seed})
         return p.get_parsed_content("datalist_path")
 

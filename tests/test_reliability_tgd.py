@@ -605,7 +605,7 @@ def run_inference(tmp_path: Path, data: np.ndarray) -> nib.Nifti1Image:
     src.header.set_xyzt_units("mm", "sec")
     (tmp_path / "in").mkdir()
     nib.save(src, tmp_path / "in" / "pet.nii.gz")
-    files = [str(BUNDLE / "configs" / f) for f in ("common.json", "inference.json")]
+    files = [str(BUNDLE / "configs" / "inference.json")]
     run(config_file=files, meta_file=str(BUNDLE / "configs" / "metadata.json"), logging_file=False,
         bundle_root=str(BUNDLE), datalist=str(tmp_path / "unused.json"), ckpt_dir=str(tmp_path / "models"),
         output_dir=str(tmp_path / "runs"), features=4, num_layers=3, input_files=[str(tmp_path / "in" / "pet.nii.gz")])

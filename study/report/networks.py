@@ -1,6 +1,6 @@
 """The run's checkpoints as networks, built from the bundle config of the stage that trained them.
 
-``run_study.py`` runs each training stage as the bundle's workflow: ``common.json``, the workflow's configs, the
+``run_study.py`` runs each training stage as the bundle's workflow: the workflow's configs (``workflow_configs``), the
 profile's extra configs (``paper.json``), then the stage's overrides (``<work>/configs/<stage>.json``), and the stage
 saves its network to ``<work>/models/model_<stage>.pt``. :func:`stage_config` merges the same files, and
 :func:`network` builds the config's ``network_def`` and loads the checkpoint into it with the library's
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+
+from monai_tgd.bundle_helpers import workflow_configs
 
 from .results import Results
 
@@ -26,7 +28,7 @@ def stage_config(res: Results, checkpoint: Path):
     if stage not in res.manifest["stages"] or not overrides.is_file():
         raise FileNotFoundError(f"report: no stage '{stage}' with overrides {overrides} in this run.")
     workflow = res.manifest["stages"][stage]["workflow"]
-    files = ["common.json", *(w + ".json" for w in workflow), *res.manifest["settings"]["bundle_files"]]
+    files = workflow_configs([*workflow, *res.manifest["settings"]["bundle_files"]])
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / f) for f in files] + [str(overrides)])
     return parser

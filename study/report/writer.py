@@ -25,7 +25,7 @@ def introduction(manifest: Mapping) -> list[str]:
         "bundle's workflows (`bundles/pet_tgd_denoising`); each stage's command is in its log.",
         "",
         f"Sizes: the `{manifest['profile']}` simulated cohort; the bundle's "
-        + ("`paper.json`" if settings["bundle_files"] else "`common.json`")
+        + ("`paper.json`" if settings["bundle_files"] else "`train.json`")
         + (f" with {json.dumps(bundle)}" if bundle else "")
         + f"; v1-net and v2-net {settings['pretrain_epochs']} epochs; every fine-tuning until its validation loss "
         f"flattens (patience {settings['finetune_patience']} validations, at most {settings['finetune_epochs']} "

@@ -13,8 +13,8 @@ RUN="${CHAIN_DIR:-runs/quick_chain}"
 EPOCHS="${CHAIN_EPOCHS:-150}"
 mkdir -p "$RUN"
 run() {
-    echo "+ python -m monai.bundle run --config_file \"['configs/common.json',$1]\" ${*:2}"
-    python -m monai.bundle run --config_file "['configs/common.json',$1]" "${@:2}"
+    echo "+ python -m monai.bundle run --config_file \"['configs/inference.json','configs/train.json',$1]\" ${*:2}"
+    python -m monai.bundle run --config_file "['configs/inference.json','configs/train.json',$1]" "${@:2}"
 }
 tune=(--output_dir "$RUN" --epochs "$EPOCHS" --curve_interval 10 --early_stop_patience 3)
 run "'configs/finetune.json','configs/loss_curve.json','configs/restore_best.json'" "${tune[@]}" --final_model "$RUN/model_ft.pt" "$@"
