@@ -20,6 +20,7 @@ TINY_OVERRIDES = {
     "patch_size": [32, 32],
     "batch_size": 4,
     "sw_batch_size": 8,
+    "trained_spacing": [12.5, 12.5, 42.0],  # the tiny cohort's voxel size (metadata's is the quick cohort's)
 }
 
 

@@ -140,7 +140,8 @@ def test_dicom_series_input(run_bundle, tiny_cohort, tmp_path, random_model):
     np.testing.assert_allclose(loaded.affine.numpy(), reference.affine, atol=1e-4)
 
     series = str(tmp_path / "dicom" / "pet_series")
-    run_bundle("inference", input_files=[series, src], inference_output_dir=str(tmp_path / "out"))
+    # the series holds SUV values without the DICOM PET attributes (no Units): say so (input_units)
+    run_bundle("inference", input_files=[series, src], inference_output_dir=str(tmp_path / "out"), input_units="SUV")
     # outputs mirror the inputs' folders below their common root
     (from_dicom,) = [nib.load(p) for p in (tmp_path / "out").rglob("dicom/pet_series_denoised.nii.gz")]
     (from_nifti,) = [nib.load(p) for p in (tmp_path / "out").rglob("v1/realization_00_denoised.nii.gz")]

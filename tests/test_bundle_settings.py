@@ -282,7 +282,7 @@ def test_online_n2n_names(tmp_path):
     assert p.get_parsed_content("run_name") == "n2n_ood_catheter_tgd"
     assert helpers.checkpoint_run_name("models/model_v2.pt") == "v2"
     assert helpers.checkpoint_run_name("run.model_x.pt") == "run"
-    layout = p.get_parsed_content("denoise#postprocessing#transforms#0").saver.folder_layout
+    layout = p.get_parsed_content("denoise#save_nifti").saver.folder_layout
     expected = str(tmp_path / "runs" / "n2n_ood_catheter_tgd" / "ood_catheter_denoised.nii.gz")
     assert layout.filename("/data/input_120s.nii.gz") == expected  # named after the study, whatever the input file
     assert p.get_parsed_content("n2n_holdout#evaluator#metric_cmp_fn")(0.1, 0.2) is True

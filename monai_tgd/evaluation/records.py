@@ -9,7 +9,9 @@ each study's files again through the same function (:func:`load_image`, :func:`l
 
 Test records (Table 1, KSE sweep) hold ``reference``, ``realizations`` (>= 2 images) and ``label``, optionally
 ``truth`` and ``lesions``; out-of-distribution records hold the input image (``input_120s``), ``reference``,
-``label`` and the integer ``ood_label``. Images are 3D volumes ``[*spatial]``.
+``label`` and the integer ``ood_label``. Images are 3D volumes ``[*spatial]`` in the canonical orientation of
+:class:`monai_tgd.transforms.geometry.CanonicalPETOrientation` (last axis superior-inferior, the axis the slab inferer
+and the ROI slices run along), whatever the array order of the file.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from monai_tgd.transforms.geometry import CanonicalPETOrientation
 from monai_tgd.transforms.validate import check_files, load_pet, where
 
 __all__ = [
@@ -37,18 +40,25 @@ LABEL_FIELDS = ("label",)
 
 
 def load_image(path: str | os.PathLike, study: str | None = None, field: str | None = None) -> np.ndarray:
-    """The voxels of a PET image as float32 ``[*spatial]`` (image units), read in full and validated
-    (:func:`monai_tgd.transforms.validate.load_pet`); errors name the path and, when given, the study and field."""
+    """The voxels of a PET image as float32 ``[*spatial]`` (image units, canonical orientation), read in full and
+    validated (:func:`monai_tgd.transforms.validate.load_pet`); errors name the path and, when given, the study and
+    field."""
     named = where(study, field) if study is not None and field else None
-    return load_pet(path, named).numpy()[0]
+    return _canonical(load_pet(path, named), named or str(path))
 
 
 def load_label(path: str | os.PathLike, study: str | None = None, field: str | None = "label") -> np.ndarray:
     """A label map as int64 ``[*spatial]``, read in full and validated as integer-valued with a body voxel
     (label > 0); errors name the path and, when given, the study and field."""
     named = where(study, field) if study is not None and field else None
-    label = load_pet(path, named, label=True, allow_empty_label=False).numpy()[0]
+    label = _canonical(load_pet(path, named, label=True, allow_empty_label=False), named or str(path))
     return label.astype(np.int64) if label.dtype.kind in "iub" else np.rint(label).astype(np.int64)
+
+
+def _canonical(img, name: str) -> np.ndarray:
+    """``[*spatial]`` voxels of a loaded ``[1, *spatial]`` MetaTensor in the canonical orientation (a permutation and
+    flips of the array: values are not interpolated)."""
+    return np.asarray(CanonicalPETOrientation()(img, name=name))[0]
 
 
 def _name(record: Mapping, index: int) -> str:

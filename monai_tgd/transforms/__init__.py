@@ -1,8 +1,17 @@
 """MONAI transforms for PET denoising with TGD: count-domain rebinning, 2.5D slab sampling, noise-level picks,
-input checks."""
+input checks, canonical orientation and voxel size."""
 
 from .counts import SplitCounts, SplitCountsd, ThinCounts, ThinCountsd
+from .geometry import (
+    SPACING_POLICIES,
+    CanonicalPETOrientation,
+    CanonicalPETOrientationd,
+    PETSpacing,
+    PETSpacingd,
+    RestoreGeometryd,
+)
 from .noise_level import RandNoiseLeveld
+from .suv import FromSUV, FromSUVd, ToSUV, ToSUVd
 from .slab import RandSlab25Dd, Slab25D, Slab25Dd, extract_slabs
 from .validate import (
     LABEL_FORM,
@@ -35,4 +44,14 @@ __all__ = [
     "load_pet",
     "check_files",
     "LABEL_FORM",
+    "CanonicalPETOrientation",
+    "CanonicalPETOrientationd",
+    "PETSpacing",
+    "PETSpacingd",
+    "RestoreGeometryd",
+    "SPACING_POLICIES",
+    "ToSUV",
+    "ToSUVd",
+    "FromSUV",
+    "FromSUVd",
 ]
