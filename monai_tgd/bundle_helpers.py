@@ -42,9 +42,10 @@ BASE_CONFIGS = ("inference.json", "train.json")
 def workflow_configs(workflow: str | Sequence[str], configs_dir: str | os.PathLike | None = None) -> list[str]:
     """The config files of a bundle workflow, in the order ``monai.bundle run --config_file`` takes them.
 
-    ``"inference"`` is ``inference.json`` alone; ``"pretrain"`` (or ``"train"``) is :data:`BASE_CONFIGS`; any other
-    workflow name (``finetune_tgd``, ``evaluate``, ...) or override file (``loss_curve``, ``restore_best``,
-    ``paper``, with or without ``.json``) is appended after them. A list combines several: ``["finetune_tgd",
+    ``"inference"`` is ``inference.json`` alone, and a list starting with it adds override files after it
+    (``["inference", "basic_unet"]``); ``"pretrain"`` (or ``"train"``) is :data:`BASE_CONFIGS`; any other workflow
+    name (``finetune_tgd``, ``evaluate``, ...) or override file (``loss_curve``, ``restore_best``, ``paper``,
+    ``basic_unet``, with or without ``.json``) is appended after them. A list combines several: ``["finetune_tgd",
     "loss_curve"]``. With ``configs_dir`` the names are joined to it.
 
     Raises:
@@ -54,7 +55,7 @@ def workflow_configs(workflow: str | Sequence[str], configs_dir: str | os.PathLi
     if not names or not all(isinstance(n, str) and n and os.path.basename(n) == n for n in names):
         raise ValueError(f"workflow_configs: expected workflow or config names such as 'finetune_tgd', got {workflow!r}.")
     names = [n if n.endswith(".json") else f"{n}.json" for n in names]
-    if names == ["inference.json"]:
+    if names[0] == "inference.json":
         files = names
     else:
         files = list(BASE_CONFIGS) + [n for n in names if n not in ("pretrain.json", *BASE_CONFIGS)]

@@ -87,14 +87,17 @@ def test_failed_install_leaves_the_network_free():
 
 @pytest.fixture
 def traces(monkeypatch):
+    """Every run of the channel trace (``conv_chain``'s forward pass through the network), counted."""
+    import monai_tgd.tgd.chain as chain_module
+
     calls = []
-    trace = torch.fx.symbolic_trace
+    trace = chain_module.trace_channels
 
     def counting(*args, **kwargs):
         calls.append(args[0])
         return trace(*args, **kwargs)
 
-    monkeypatch.setattr(torch.fx, "symbolic_trace", counting)
+    monkeypatch.setattr(chain_module, "trace_channels", counting)
     return calls
 
 

@@ -387,10 +387,13 @@ class _Revisit(nn.Module):
 
 
 def test_conv_chain_search_for_a_reading_conv_is_exhaustive():
-    """A conv whose output reaches another conv through an unsupported graph is refused, however the graph is walked
-    (conv_chain_34: stopping the search at the first revisited node calls c1 an output conv)."""
-    with pytest.raises(ValueError, match="cannot resolve the consumer of conv 'c1'"):
-        conv_chain(_Revisit())
+    """A conv whose output reaches another conv only after a revisited node is found to be read by it in every
+    channel, not called an output conv (conv_chain_34: stopping the search at the first revisited node); its
+    channels are coupled with the output conv's through the final sum."""
+    chain = conv_chain(_Revisit())
+    assert [h.name for h in chain.hidden] == ["c1"] and [name for name, _ in chain.outputs] == ["c2"]
+    assert chain.readers_of("c1") == [{("c2", n)} for n in range(3)]
+    assert chain.coupled("c1", 1) == {("c1", 1), ("c2", 1)}
 
 
 class _Twice(nn.Module):
@@ -506,15 +509,16 @@ def test_threshold_for_budget_scores_with_the_given_kse_parameters(monkeypatch):
     """Every KSE score threshold_for_budget uses is computed with the alpha and k it was given
     (threshold_for_budget_23/24)."""
     import monai_tgd.tgd as tgd_module
+    import monai_tgd.tgd.masks as masks_module  # where the KSE scores of every reader are computed
 
     calls = []
-    real = tgd_module.kse_scores
+    real = masks_module.kse_scores
 
     def spy(weight, alpha=1.0, k=5):
         calls.append((alpha, k))
         return real(weight, alpha=alpha, k=k)
 
-    monkeypatch.setattr(tgd_module, "kse_scores", spy)
+    monkeypatch.setattr(masks_module, "kse_scores", spy)
     tgd_module.threshold_for_budget(_budget_net(), torch.rand(2, 1, 8, 8), max_change=1e-12, alpha=0.3, k=2)
     assert calls and set(calls) == {(0.3, 2)}
 

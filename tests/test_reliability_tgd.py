@@ -72,16 +72,18 @@ def train(net: nn.Module, x: torch.Tensor, opt: torch.optim.Optimizer, steps: in
         opt.step()
 
 
-class TransposedOut(nn.Module):
-    """Two convs, then a ConvTranspose output layer (an upsampling decoder's last layer)."""
+class ChannelGate(nn.Module):
+    """A gate from the mean over channels between two convs (squeeze-and-excitation style): every channel of c2's
+    input depends on every channel of c1, which TGD cannot follow channel by channel. (A ConvTranspose output layer,
+    refused here before issue 12, is supported now.)"""
 
     def __init__(self):
         super().__init__()
-        self.c1, self.c2 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
-        self.up = nn.ConvTranspose2d(4, 1, 2, stride=2)
+        self.c1, self.c2 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 1, 3, padding=1)
 
     def forward(self, x):
-        return self.up(torch.relu(self.c2(torch.relu(self.c1(x)))))
+        y = torch.relu(self.c1(x))
+        return self.c2(y * torch.sigmoid(y.mean(1, keepdim=True)))
 
 
 class LinearHead(nn.Module):
@@ -131,11 +133,12 @@ def every_entry_point(net: nn.Module, masks: dict | None = None) -> dict:
 @pytest.mark.parametrize(
     "make, match",
     [
-        (TransposedOut, r"cannot follow ConvTranspose2d 'up' \(call_module\): transposed convolutions are not analysed"),
+        (ChannelGate, r"cannot resolve the consumer of conv 'c1': its output goes through 'mean' in the network's "
+                      r"forward\(\), which TGD cannot follow channel by channel, and then reaches conv 'c2'"),
         (LinearHead, r"cannot follow Linear 'head' \(call_module\): TGD masks only convolutions"),
         (SharedBN, r"BatchNorm2d 'bn' is called 2 times in forward\(\); a BN shared by two convs would merge"),
     ],
-    ids=["convtranspose_output", "flatten_linear_head", "shared_bn"],
+    ids=["channel_gate", "flatten_linear_head", "shared_bn"],
 )
 def test_unsupported_networks_are_refused_by_every_entry_point(make, match):
     """The three networks of the issue were accepted (the ConvTranspose / Linear trained fully despite
@@ -148,7 +151,7 @@ def test_unsupported_networks_are_refused_by_every_entry_point(make, match):
         with pytest.raises(ValueError, match=match) as e:
             call()
         messages.add(str(e.value))
-        assert "Supported: Conv1d/2d/3d layers (not transposed)" in str(e.value), name
+        assert "Supported: Conv1d/2d/3d and ConvTranspose1d/2d/3d layers" in str(e.value), name
     assert len(messages) == 1  # one check, one message
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
     assert all(not m._forward_hooks for m in net.modules())  # nothing installed
@@ -203,9 +206,10 @@ class InputNorm(nn.Module):
 @pytest.mark.parametrize(
     "net, match",
     [
-        (Scaled(), r"cannot follow parameter 'scale', read directly in forward\(\) \(get_attr"),
+        (Scaled(), r"cannot follow parameter 'scale', read directly in the network's forward\(\) by 'mul'"),
         (Tied(), r"parameter 'c2.weight' of Conv2d 'c2' is the same tensor as 'c1.weight' \(shared weights\)"),
-        (InputNorm(), r"cannot follow BatchNorm2d 'norm' \(call_module\): it is not the BatchNorm right after a hidden"),
+        (InputNorm(), r"cannot follow BatchNorm2d 'norm' \(call_module\): its channel 0 is not made by a hidden conv "
+                      r"\(it normalises the network input\)"),
     ],
     ids=["bare_parameter", "tied_weights", "bn_on_the_input"],
 )
@@ -317,7 +321,7 @@ def test_compiled_module_gets_the_orig_mod_hint():
     """A torch.compile wrapper failed with fx's "cannot trace OptimizedModule", without the way out."""
     net = dncnn()
     compiled = torch.compile(net, backend="eager")  # the wrapper is what matters; no inductor import needed
-    match = (r"TGD: the network is a torch.compile wrapper \(OptimizedModule of a DnCNN\), which torch.fx cannot "
+    match = (r"TGD: the network is a torch.compile wrapper \(OptimizedModule of a DnCNN\), which TGD cannot "
              r"trace; pass the uncompiled module, model._orig_mod")
     for call in every_entry_point(compiled).values():
         with pytest.raises(ValueError, match=match):
@@ -370,17 +374,27 @@ def test_handler_checks_options_with_the_engines_rule(kwargs):
     assert str(handler_error.value) == str(engine_error.value).replace("TGD:", "TGDHandler:", 1)
 
 
-def test_frozen_rows_refuses_a_chain_naming_one_consumer_twice_with_a_value_error():
-    """A hand-made chain with one conv as the consumer of two hidden convs hit a bare assert (silently skipped
-    under python -O)."""
-    net = dncnn()
-    chain = conv_chain(net)
-    h0, h1 = chain.hidden[0], chain.hidden[1]
-    forged = ConvChain((h0, dataclasses.replace(h1, consumer_name=h0.consumer_name, consumer=h0.consumer)),
-                       chain.outputs)
-    masks = {h.name: torch.tensor([True, False, True, False]) for h in forged.hidden}
-    with pytest.raises(ValueError, match="frozen_rows: conv 'blocks.1.conv' is the consumer of more than one hidden"):
-        frozen_rows(net, masks, chain=forged, readers="all")
+def test_masks_that_split_coupled_channels_are_refused_with_a_value_error():
+    """Before issue 12 a hand-made chain naming one conv as the consumer of two hidden convs hit a bare assert here;
+    a conv reading several hidden convs is normal now (concatenations). What TGD refuses instead is masks that give
+    two coupled channels (added together) different decisions, naming both."""
+
+    class Added(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 1, 1)
+
+        def forward(self, x):
+            return self.c(torch.relu(self.a(x) + self.b(x)))
+
+    net = Added()
+    masks = {"a": torch.tensor([True, False]), "b": torch.tensor([False, False])}
+    for call in (lambda: frozen_rows(net, masks), lambda: TGD(net, masks), lambda: mask_summary(net, masks)):
+        with pytest.raises(ValueError, match=r"the masks of coupled channels differ: channel 0 of 'a' is retrained, "
+                                             r"channel 0 of 'b' is frozen"):
+            call()
+    masks["b"] = torch.tensor([True, False])
+    assert torch.equal(frozen_rows(net, masks)["a.weight"], torch.tensor([False, True]))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -391,15 +405,17 @@ FLAWS = {
     # flaw: (is it supported, the name the refusal must quote)
     None: (True, None),
     "grouped_producer": (True, None),
-    "convtranspose_output": (False, "'layers.out' (call_module): transposed"),
+    "convtranspose_output": (True, None),  # supported since issue 12
     "linear_head": (False, "Linear 'layers.head'"),
     "shared_bn": (False, "'layers.shared'"),
     "grouped_consumer": (False, "conv 'layers.c1'"),
     "bn_after_output": (False, "'layers.bn_out'"),
-    "prelu": (False, "call_module layers.prelu"),
+    "prelu": (True, None),  # one parameter for all channels: frozen unless all of them are retrained (issue 12)
     "scale": (False, "parameter 'scale'"),
     "tied": (False, "'layers.c2.weight'"),
-    "residual": (False, "conv 'layers.c0'"),
+    "residual": (True, None),  # coupled channels since issue 12
+    "layernorm": (False, "LayerNorm 'layers.ln'"),
+    "channel_flip": (False, "consumer of conv 'layers.c0'"),
 }
 
 
@@ -430,6 +446,8 @@ class RandomNet(nn.Module):
                 x = x + saved
             elif op == "scale":
                 x = x * self.scale
+            elif op == "channel_flip":
+                x = torch.flip(x, [1])
         return x
 
 
@@ -479,6 +497,11 @@ def random_net(rng: random.Random) -> tuple[RandomNet, str | None, int, int]:
             if flaw == "prelu" and i == 0:
                 modules["prelu"] = nn.PReLU()
                 spec.append(("module", "prelu"))
+            if flaw == "layernorm" and i == 0:
+                modules["ln"] = nn.LayerNorm(6)
+                spec.append(("module", "ln"))
+            if flaw == "channel_flip" and i == 0:
+                spec.append(("channel_flip", ""))
             act = rng.choice(["relu", "tanh", "leaky", "dropout"])
             if act in ("relu", "tanh"):
                 spec.append((act, ""))
@@ -502,7 +525,7 @@ def random_net(rng: random.Random) -> tuple[RandomNet, str | None, int, int]:
     return RandomNet(spec, modules), flaw, in_ch, dims
 
 
-SEEDS, CASES = range(4), range(12)
+SEEDS, CASES = range(4), range(14)  # 14: every flaw, including those added in issue 12
 
 
 def case_net(seed: int, case: int) -> tuple[RandomNet, str | None, int, int]:
@@ -537,7 +560,8 @@ def test_random_conv_nets_are_refused_naming_the_module_or_keep_every_frozen_ele
             continue
         chain = conv_chain(net)
         assert set(kse_masks(net, 0.5, chain=chain)) == {h.name for h in chain.hidden}, where
-        masks = {h.name: torch.tensor([rng.random() < 0.5 for _ in range(h.conv.out_channels)]) for h in chain.hidden}
+        units = [rng.random() < 0.5 for _ in chain.units]  # one decision per coupled unit (a residual add's channels)
+        masks = {h.name: torch.tensor([units[u] for u in h.units]) for h in chain.hidden}
         mode = rng.choice(["activation", "parameter"])
         readers = rng.choice(["none", "output"] + (["all"] if mode == "parameter" else []))
         options = {"mode": mode, "freeze_output": rng.random() < 0.7, "bn_stats": rng.choice(["freeze", "update"]),
@@ -598,7 +622,7 @@ def run_inference(tmp_path: Path, data: np.ndarray) -> nib.Nifti1Image:
 
     torch.manual_seed(0)
     (tmp_path / "models").mkdir()
-    torch.save(DnCNN(features=4, num_layers=3).state_dict(), tmp_path / "models" / "model_v1.pt")
+    torch.save(DnCNN(features=4, num_layers=3).state_dict(), tmp_path / "models" / "model.pt")
     affine = np.diag([2.0, 2.0, 3.27, 1.0])
     affine[:3, 3] = [-10.0, 5.0, 7.0]
     src = nib.Nifti1Image(data, affine)
@@ -608,7 +632,8 @@ def run_inference(tmp_path: Path, data: np.ndarray) -> nib.Nifti1Image:
     files = [str(BUNDLE / "configs" / "inference.json")]
     run(config_file=files, meta_file=str(BUNDLE / "configs" / "metadata.json"), logging_file=False,
         bundle_root=str(BUNDLE), datalist=str(tmp_path / "unused.json"), ckpt_dir=str(tmp_path / "models"),
-        output_dir=str(tmp_path / "runs"), features=4, num_layers=3, input_files=[str(tmp_path / "in" / "pet.nii.gz")])
+        output_dir=str(tmp_path / "runs"), features=4, num_layers=3, input_files=[str(tmp_path / "in" / "pet.nii.gz")],
+        trained_spacing=[2.0, 2.0, 3.27])  # the input's own voxel size: no resampling
     (out,) = (tmp_path / "runs").rglob("*.nii.gz")
     return nib.load(out)
 

@@ -173,9 +173,10 @@ def test_tgd_cpu_autocast_bf16_grad_scaler(mode):
     opt = torch.optim.AdamW(net.parameters(), lr=1e-2, weight_decay=0.1)
     gen = torch.Generator().manual_seed(7)
     conv_out_dtypes = set()  # autocast must really run the convs (and so the TGD hooks' gradients) in bf16
-    handles = [m.register_forward_hook(lambda m, i, o: conv_out_dtypes.add(o.dtype))
-               for m in net.modules() if isinstance(m, torch.nn.Conv2d)]  # fmt: skip
     with TGD(net, masks, mode=mode, bn_stats="freeze"):
+        # after install: TGD's channel trace runs the network once in float32, outside the training steps
+        handles = [m.register_forward_hook(lambda m, i, o: conv_out_dtypes.add(o.dtype))
+                   for m in net.modules() if isinstance(m, torch.nn.Conv2d)]  # fmt: skip
         for step in range(STEPS):
             x, y = _batch(gen)
             opt.zero_grad()
