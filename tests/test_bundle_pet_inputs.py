@@ -185,3 +185,25 @@ def test_another_voxel_size_is_resampled_and_back_or_refused(run_bundle, tiny_co
     message = "".join(_messages(excinfo.value))
     assert "input_spacing_policy" in message and "12.5" in message and "6.25" in message, message
     assert not any((tmp_path / "refused").rglob("*.nii*")) if (tmp_path / "refused").exists() else True
+
+
+def test_nifti_in_bq_per_ml_with_weight_and_dose(run_bundle, tiny_cohort, tmp_path, random_model):
+    """A NIfTI converted from a Bq/ml series states its units through the bundle (``input_units`` "Bq/ml" with the
+    patient's weight and the decay-corrected dose): the network sees SUV and the output is in Bq/ml again, equal to
+    the SUV run's output divided by the factor (weight [g] / dose [Bq], written out here)."""
+    src = nib.load(first_realisations(tiny_cohort, "v2")[0])
+    weight_kg, dose_bq = 80.0, 300e6
+    factor = weight_kg * 1000.0 / dose_bq
+    bqml = _save(np.asarray(src.dataobj, dtype=np.float64) / factor, src.affine, tmp_path / "bqml.nii.gz")
+    run_bundle("inference", input_files=[str(bqml)], inference_output_dir=str(tmp_path / "out"), input_units="Bq/ml",
+               input_patient_weight_kg=weight_kg, input_injected_dose_bq=dose_bq)  # fmt: skip
+    run_bundle("inference", input_files=[first_realisations(tiny_cohort, "v2")[0]],
+               inference_output_dir=str(tmp_path / "suv"))  # fmt: skip
+    got = np.asarray(nib.load(tmp_path / "out" / "bqml_denoised.nii.gz").dataobj, dtype=np.float64)
+    expected = np.asarray(nib.load(tmp_path / "suv" / "realization_00_denoised.nii.gz").dataobj, dtype=np.float64)
+    np.testing.assert_allclose(got * factor, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+    with pytest.raises(Exception) as excinfo:  # a Bq/ml NIfTI without the dose: refused before any output
+        run_bundle("inference", input_files=[str(bqml)], inference_output_dir=str(tmp_path / "refused"),
+                   input_units="Bq/ml", input_patient_weight_kg=weight_kg)  # fmt: skip
+    assert "injected_dose_bq" in "".join(_messages(excinfo.value))
+    assert not (tmp_path / "refused").exists() or not any((tmp_path / "refused").rglob("*.nii*"))
