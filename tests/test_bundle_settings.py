@@ -302,3 +302,28 @@ def test_configs_hold_no_lambdas_or_string_parsing(path):
     text = path.read_text()
     assert "lambda" not in text, f"{path.name}: a lambda (make it a named helper in monai_tgd.bundle_helpers)"
     assert ".split(" not in text, f"{path.name}: string parsing (make it a named helper)"
+
+
+# ---- denormal flushing: one setting, kept by multi_gpu_train.json -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "workflows, expected",
+    [
+        (["pretrain"], False), (["train_v2"], False), (["finetune"], True), (["finetune_tgd"], True),
+        (["online_n2n"], True), (["evaluate"], True), (["evaluate_ood"], True), (["kse_sweep"], True),
+        (["finetune_tgd", "multi_gpu_train"], True), (["pretrain", "multi_gpu_train"], False),
+    ],
+)  # fmt: skip
+def test_flush_denormal_is_one_setting_every_initialize_applies(workflows, expected):
+    """``flush_denormal`` decides; every workflow's ``initialize``, DDP's included (it replaced the list and dropped
+    the flush before), calls ``torch.set_flush_denormal`` with it."""
+    p = parser(*workflows)
+    assert p.get_parsed_content("flush_denormal") is expected
+    assert "$torch.set_flush_denormal(@flush_denormal)" in p["initialize"], p["initialize"]
+
+
+def test_inference_flushes_denormals():
+    p = ConfigParser()
+    p.read_config(str(CONFIGS / "inference.json"))
+    assert p["flush_denormal"] is True and "$torch.set_flush_denormal(@flush_denormal)" in p["initialize"]
