@@ -418,3 +418,37 @@ def test_prelu_rows_follow_their_channels_and_a_shared_one_trains_only_with_all(
         got = rows.get("1.weight")
         want = None if expected is None else torch.tensor(expected[:num_parameters] if num_parameters == 2 else [True])
         assert (got is None and want is None) or torch.equal(got, want), (retrain, got)
+
+
+@pytest.mark.parametrize("name", ["BasicUNet", "UNet", "SegResNet", "DynUNet"])
+def test_drop_redundant_on_monai_nets_zeroes_exactly_the_readers_of_flagged_maps(name):
+    """``drop_redundant`` (paper Fig. 4) on MONAI's networks: a copy in which, for every map KSE flags (every reader
+    scores it below the threshold), each reading input channel is zero, and nothing else changed; the original is
+    untouched and the copy still runs."""
+    from monai_tgd.tgd import drop_redundant
+
+    torch.manual_seed(0)
+    net = make(name, 2)
+    before = {k: v.detach().clone() for k, v in net.named_parameters()}  # one name per tensor (DynUNet aliases)
+    chain = conv_chain(net)
+    for threshold in (0.5, 0.7, 0.9, 0.97, 0.99):  # the first that flags some maps but not all (random weights)
+        flat = torch.cat(list(kse_masks(net, threshold, chain=chain).values()))
+        if flat.any() and not flat.all():
+            break
+    masks = kse_masks(net, threshold, chain=chain)
+    assert torch.cat(list(masks.values())).any(), "no map flagged: the test needs some"
+    pruned, fraction = drop_redundant(net, threshold)
+    assert all(torch.equal(v, before[k]) for k, v in net.named_parameters())  # the original is untouched
+    expected = {k: v.clone() for k, v in before.items()}
+    for h in chain.hidden:  # independently of zero_readers: walk the readers of each flagged channel
+        for channel, readers in enumerate(chain.readers_of(h.name)):
+            if masks[h.name][channel]:
+                for reader, column in readers:
+                    weight = expected[f"{reader}.weight"]
+                    (weight[column] if net.get_submodule(reader).transposed else weight[:, column]).zero_()
+    after = dict(pruned.named_parameters())
+    differ = [k for k in expected if not torch.equal(after[k], expected[k])]
+    assert not differ, differ
+    assert any(not torch.equal(after[k], before[k]) for k in before) and 0 < fraction < 1
+    with torch.no_grad():
+        assert torch.isfinite(pruned.eval()(torch.rand(1, 1, 32, 32))).all()
