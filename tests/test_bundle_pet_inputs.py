@@ -207,3 +207,24 @@ def test_nifti_in_bq_per_ml_with_weight_and_dose(run_bundle, tiny_cohort, tmp_pa
                    input_units="Bq/ml", input_patient_weight_kg=weight_kg)  # fmt: skip
     assert "injected_dose_bq" in "".join(_messages(excinfo.value))
     assert not (tmp_path / "refused").exists() or not any((tmp_path / "refused").rglob("*.nii*"))
+
+
+def test_evaluation_reads_images_and_labels_in_the_canonical_orientation(tiny_cohort, tmp_path):
+    """Evaluation (Table 1, OOD, KSE sweep) reads every image and label through ``records.load_image`` /
+    ``load_label``: a study stored axial-first or flipped gives the same canonical arrays, so its ROIs, slices and
+    metrics are those of the correctly stored study."""
+    from monai_tgd.evaluation.records import load_image, load_label
+
+    record = next(r for r in __import__("json").loads(Path(tiny_cohort).read_text())["test"] if r["recon"] == "v2")
+    root = Path(tiny_cohort).parent
+    for field, loader in (("reference", load_image), ("label", load_label)):
+        src = nib.load(root / record[field])
+        canonical = loader(root / record[field])
+        for name, (perm, flip) in ORDERS.items():
+            array, affine = _stored(np.asarray(src.dataobj), src.affine, perm, flip)
+            path = tmp_path / f"{field}_{name}.nii.gz"
+            img = nib.Nifti1Image(array if field == "reference" else array.astype(np.int16), affine)
+            img.set_qform(affine, 1)
+            img.set_sform(affine, 1)
+            nib.save(img, str(path))
+            assert np.array_equal(loader(path), canonical), (field, name)

@@ -327,3 +327,37 @@ def test_inference_flushes_denormals():
     p = ConfigParser()
     p.read_config(str(CONFIGS / "inference.json"))
     assert p["flush_denormal"] is True and "$torch.set_flush_denormal(@flush_denormal)" in p["initialize"]
+
+
+# ---- a user's scans: every image the bundle loads is put in the canonical orientation ------------------------------
+
+
+@pytest.mark.parametrize(
+    "workflows, compose_id",
+    [
+        (["pretrain"], "train#preprocessing"), (["online_n2n"], "train#preprocessing"),
+        (["online_n2n"], "n2n_holdout#preprocessing"), (["finetune_tgd", "loss_curve"], "curve#preprocessing"),
+        (["online_n2n"], "denoise#preprocessing"),
+    ],
+)  # fmt: skip
+def test_every_loaded_image_is_put_in_the_canonical_orientation(workflows, compose_id):
+    """Issue 13: the keys of each ``LoadImaged`` of the training, validation and denoising pipelines go through a
+    ``CanonicalPETOrientationd`` before any slab is cut or voxel size checked, so slabs run along the
+    superior-inferior axis whatever the file's array order (the inference pipeline's end-to-end test is in
+    test_bundle_pet_inputs.py)."""
+    from monai.transforms import LoadImaged
+
+    from monai_tgd.transforms import CanonicalPETOrientationd, PETSpacingd, RandSlab25Dd, Slab25Dd
+
+    transforms = parser(*workflows).get_parsed_content(compose_id).transforms
+    loads = [i for i, t in enumerate(transforms) if isinstance(t, LoadImaged)]
+    assert loads, f"{compose_id} loads no image"
+    for i in loads:
+        later = transforms[i + 1 :]
+        first_geometric = next((j for j, t in enumerate(later) if isinstance(t, (RandSlab25Dd, Slab25Dd, PETSpacingd))),
+                               len(later))  # fmt: skip
+        oriented = set()
+        for t in later[:first_geometric]:
+            if isinstance(t, CanonicalPETOrientationd):
+                oriented |= set(t.keys)
+        assert set(transforms[i].keys) <= oriented, f"{compose_id}: {transforms[i].keys} not oriented before slabs"
