@@ -299,11 +299,13 @@ def test_spacing_within_tolerance_changes_nothing(policy, caplog):
         refuse({"image": fine_image(spacing=(4.05, 3.95, 8.08))})
 
 
-def test_spacing_resample_gives_trained_spacing_and_inverts_to_the_input_grid():
+def test_spacing_resample_gives_trained_spacing_and_inverts_to_the_input_grid(caplog):
     img = fine_image(rotation_deg=3.0)
     affine = img.affine.clone()
     pre = Compose([CanonicalPETOrientationd("image"), PETSpacingd("image", TRAINED, policy="resample")])
-    d = pre({"image": img})
+    with caplog.at_level(logging.INFO, logger="monai_tgd.transforms.geometry"):
+        d = pre({"image": img})
+    assert "resampling it to the trained voxel size" in caplog.text  # said, never silent
     out = d["image"]
     np.testing.assert_allclose(np.linalg.norm(out.affine.numpy()[:3, :3], axis=0), TRAINED, rtol=1e-12)
     np.testing.assert_allclose(out.affine.numpy()[:3, 3], ORIGIN, atol=1e-9)  # same first voxel centre

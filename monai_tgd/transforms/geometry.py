@@ -312,6 +312,9 @@ class PETSpacing(InvertibleTransform):
                 )
             if self.policy == "warn":
                 logger.warning(f"{found}; denoising it at its own voxel size ({self.option}='warn').")
+            else:  # resample: said too, never done silently
+                logger.info(f"{found}; resampling it to the trained voxel size for the network, and the result back "
+                            f"to its own grid ({self.option}='resample').")  # fmt: skip
         out = self.spacing(img) if resample else img
         inner = self.pop_transform(out, check=False) if resample else {}
         self.push_transform(out, extra_info={"spacing": inner, TraceKeys.DO_TRANSFORM: resample})
