@@ -15,7 +15,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, EnsureTyped, Invertd, LoadImage, LoadImaged
 
-from monai_tgd import dicom as dicom_module
+from monai_tgd.dicom import writer as dicom_module  # where the series is written slice by slice
 from monai_tgd.dicom import (
     SaveDicomSeriesd,
     check_dicom_output,

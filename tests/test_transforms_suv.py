@@ -16,7 +16,7 @@ from monai.data import DataLoader, Dataset, MetaTensor, decollate_batch
 from monai.transforms import Compose, EnsureTyped, Invertd, LoadImage, LoadImaged
 from pydicom.sequence import Sequence
 
-from monai_tgd.transforms import suv as suv_module
+from monai_tgd.dicom import suv as suv_factor_module
 from monai_tgd.transforms.suv import (
     FACTOR_KEY,
     HEADER_KEY,
@@ -262,7 +262,7 @@ def test_header_from_json_metadata_without_reading_files(series, monkeypatch):
     def no_read(path):
         raise AssertionError("the file was read although the metadata has the tags")
 
-    monkeypatch.setattr(suv_module, "read_pet_header", no_read)
+    monkeypatch.setattr(suv_factor_module, "read_pet_header", no_read)  # where the factor reads headers
     info, _ = suv_factor_from_meta(img.meta)
     assert info.factor == pytest.approx(EXPECTED_FACTOR, rel=1e-12)
     out = ToSUV()(img)
