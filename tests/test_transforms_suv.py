@@ -313,6 +313,15 @@ def test_auto_units_read_dicom_from_its_header_and_take_nifti_as_suv(series, tmp
     assert float(out.meta[FACTOR_KEY]) == 1.0 and torch.equal(out.as_tensor(), nifti.as_tensor())
 
 
+def test_auto_units_take_any_image_read_from_a_dicom_folder_for_dicom(series):
+    """Whatever reader MONAI picked for a series folder (another one keeps none of PydicomReader's tag keys), "auto"
+    reads the factor from the folder's header: a Bq/ml series is never taken for SUV."""
+    img = load(series.folder)
+    bare = MetaTensor(img.as_tensor(), affine=img.affine, meta={"filename_or_obj": str(series.folder)})
+    out = ToSUV(units="auto")(bare)
+    assert float(out.meta[FACTOR_KEY]) == pytest.approx(EXPECTED_FACTOR, rel=1e-9)
+
+
 def test_plain_array_input():
     arr = np.full((1, 4, 4, 3), 6390.0)
     out = ToSUV(units="Bq/ml", patient_weight_kg=75, injected_dose_bq=239621521.85)(arr)

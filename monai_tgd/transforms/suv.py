@@ -52,6 +52,7 @@ time. An injection time without a date is taken on the reference date (a scan pa
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Hashable, Mapping
 
 import torch
@@ -120,13 +121,19 @@ def _check_units(units: str) -> str:
 
 
 #: ``meta`` keys by which an image read from DICOM is recognised: ImagePositionPatient (0020,0032), which MONAI's
-#: ``PydicomReader`` always keeps, Units (0054,1001) of a kept header, or this module's own header field
-_DICOM_MARKERS = ("00200032", "00541001", HEADER_KEY)
+#: ``PydicomReader`` always keeps (``0020|0032`` with ITK's reader), Units (0054,1001) of a kept header, or this
+#: module's own header field
+_DICOM_MARKERS = ("00200032", "0020|0032", "00541001", HEADER_KEY)
 
 
 def _read_from_dicom(img) -> bool:
-    """Whether ``img`` is a MetaTensor read from DICOM (see :data:`_DICOM_MARKERS`)."""
-    return isinstance(img, MetaTensor) and any(key in img.meta for key in _DICOM_MARKERS)
+    """Whether ``img`` is a MetaTensor read from DICOM: its ``meta`` has one of :data:`_DICOM_MARKERS`, or it was read
+    from a folder or a ``.dcm`` file (whichever reader MONAI picked), so a Bq/ml series is never taken for SUV."""
+    if not isinstance(img, MetaTensor):
+        return False
+    source = _scalar_or_text(img.meta.get("filename_or_obj"))
+    from_dicom_path = isinstance(source, str) and (os.path.isdir(source) or source.lower().endswith(".dcm"))
+    return from_dicom_path or any(key in img.meta for key in _DICOM_MARKERS)
 
 
 def _float_dtype(img: torch.Tensor) -> torch.dtype:
