@@ -361,3 +361,16 @@ def test_every_loaded_image_is_put_in_the_canonical_orientation(workflows, compo
             if isinstance(t, CanonicalPETOrientationd):
                 oriented |= set(t.keys)
         assert set(transforms[i].keys) <= oriented, f"{compose_id}: {transforms[i].keys} not oriented before slabs"
+
+
+def test_restore_best_adds_its_handler_to_the_curve_monitors():
+    """restore_best.json appends ``curve#best`` to loss_curve.json's monitors (``+train#monitors``) instead of
+    re-listing them: the curve, the stopper, then the best-weights keeper, attached before the savers."""
+    from monai_tgd.handlers import LossCurveHandler, PlateauStopHandler, RestoreBestHandler
+
+    monitors = parser("finetune_tgd", "loss_curve", "restore_best", early_stop_patience=3).get_parsed_content(
+        "train#monitors")  # fmt: skip
+    assert [type(m) for m in monitors] == [LossCurveHandler, PlateauStopHandler, RestoreBestHandler]
+    assert [type(m) for m in parser("finetune_tgd", "loss_curve", early_stop_patience=3).get_parsed_content(
+        "train#monitors")] == [
+        LossCurveHandler, PlateauStopHandler]  # fmt: skip
