@@ -17,7 +17,6 @@ from torch import nn
 
 __all__ = [
     "workflow_configs",
-    "check_choice",
     "last_blocks_parameters",
     "enabled_handlers",
     "attach_handlers",
@@ -60,14 +59,6 @@ def workflow_configs(workflow: str | Sequence[str], configs_dir: str | os.PathLi
     else:
         files = list(BASE_CONFIGS) + [n for n in names if n not in ("pretrain.json", *BASE_CONFIGS)]
     return files if configs_dir is None else [os.path.join(os.fspath(configs_dir), f) for f in files]
-
-
-def check_choice(value: Any, choices: Sequence[Any], field: str) -> Any:
-    """``value`` if it is one of ``choices``; else ``ValueError`` naming ``field``, the value and the choices (a
-    bundle's first ``run`` step, before any data is read)."""
-    if isinstance(value, bool) or value not in choices:
-        raise ValueError(f"{field} {value!r}: expected one of {list(choices)}.")
-    return value
 
 
 def last_blocks_parameters(network: nn.Module, count: int) -> list[nn.Parameter]:

@@ -164,7 +164,8 @@ def test_dicom_output_needs_dicom_inputs(run_bundle, tiny_cohort, tmp_path, rand
     assert not (tmp_path / "out").exists()
     with pytest.raises(Exception) as excinfo:
         run_bundle("inference", input_files=[src], inference_output_dir=str(tmp_path / "out"), output_format="png")
-    assert "output_format 'png': expected one of ['nifti', 'dicom']" in "".join(_messages(excinfo.value))
+    assert "output_format must be one of ['nifti', 'dicom'], got 'png'" in "".join(_messages(excinfo.value))
+    assert not (tmp_path / "out").exists()
 
 
 def test_another_voxel_size_is_resampled_and_back_or_refused(run_bundle, tiny_cohort, tmp_path, random_model):

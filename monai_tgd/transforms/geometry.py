@@ -36,6 +36,8 @@ from monai.data import MetaTensor
 from monai.transforms import InvertibleTransform, MapTransform, Orientation, Spacing
 from monai.utils import TraceKeys
 
+from .validate import check_choice
+
 __all__ = [
     "CanonicalPETOrientation",
     "CanonicalPETOrientationd",
@@ -66,12 +68,6 @@ def _check_number(value: object, field: str, low: float, high: float = math.inf,
         bound = f"< {high}" if high_open else (f"<= {high}" if math.isfinite(high) else "")
         raise ValueError(f"{field} must be a finite number >= {low}{' and ' + bound if bound else ''}, got {value!r}.")
     return float(value)
-
-
-def _check_choice(value: object, field: str, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ValueError(f"{field} must be one of {list(choices)}, got {value!r}.")
-    return value  # type: ignore[return-value]
 
 
 def _describe(img: Any, key: Hashable | None) -> str:
@@ -277,9 +273,9 @@ class PETSpacing(InvertibleTransform):
             )
         self.trained_spacing = tuple(float(v) for v in values)
         self.tolerance_mm = _check_number(tolerance_mm, "tolerance_mm", 0.0)
-        self.policy = _check_choice(policy, "policy", SPACING_POLICIES)
-        self.mode = _check_choice(mode, "mode", INTERP_MODES)
-        self.padding_mode = _check_choice(padding_mode, "padding_mode", PADDING_MODES)
+        self.policy = check_choice(policy, "policy", SPACING_POLICIES)
+        self.mode = check_choice(mode, "mode", INTERP_MODES)
+        self.padding_mode = check_choice(padding_mode, "padding_mode", PADDING_MODES)
         self.spacing = Spacing(pixdim=self.trained_spacing, mode=self.mode, padding_mode=self.padding_mode)
 
     def input_spacing(self, img: Any, name: Hashable | None = None) -> tuple[float, float, float]:

@@ -48,6 +48,7 @@ __all__ = [
     "EXPECTED_FORM",
     "LABEL_FORM",
     "where",
+    "check_choice",
 ]
 
 EXPECTED_FORM = (
@@ -237,6 +238,14 @@ class VerifiedNibabelReader(NibabelReader):
 
 
 _READ_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile)
+
+
+def check_choice(value: object, field: str, choices: Sequence[object]) -> object:
+    """``value`` if it is one of ``choices``; else ``ValueError``: ``"<field> must be one of [...], got <value>."``
+    (transform arguments, bundle settings such as ``output_format``)."""
+    if isinstance(value, bool) or value not in choices:
+        raise ValueError(f"{field} must be one of {list(choices)}, got {value!r}.")
+    return value
 
 
 def where(study: str, field: str) -> str:
