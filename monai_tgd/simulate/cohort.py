@@ -41,7 +41,7 @@ import numpy as np
 from monai_tgd.io import atomic_path, folder_lock
 
 from .acquisition import ScannerModel, _block_mean, draw_counts, expected_rates, split_counts, thin_counts
-from .osem import osem, protocol
+from .osem import V1_AXIAL_FWHM_MM, V1_POSTFILTER_PER_PSF, osem, protocol
 from .phantom import LABELS, Grid, PhantomSpec, label_names, place_lesions, random_phantom, rasterize
 from .projector import Geometry
 
@@ -58,7 +58,7 @@ __all__ = [
     "generate_cohort",
 ]
 
-SIMULATOR_VERSION = "3"
+SIMULATOR_VERSION = "4"
 """Bumped whenever a change alters the generated data; part of every settings hash."""
 REFERENCE_S = 600.0
 """Duration of the full (reference/target) acquisition in seconds."""
@@ -78,7 +78,8 @@ class Profile:
     has ``n_angles`` angles and ``matrix`` radial bins of ``pixel_mm``. OSEM runs ``iterations`` (v2) or
     ``v1_iterations`` (v1) iterations of ``subsets`` subsets: the v1 protocol's larger post-filter needs more
     iterations for a 60 s image of about the v2 noise level (liver CoV within 15 %, coarser grain; see
-    docs/simulator.md).
+    docs/simulator.md). ``v1_postfilter_per_psf`` and ``v1_axial_fwhm_mm`` set the v1 post-filters (in-plane, as a
+    multiple of the PSF FWHM; across slices in mm, 0 for none: :func:`~.osem.protocol`).
     """
 
     name: str
@@ -93,7 +94,9 @@ class Profile:
     n_realizations: int = 10
     iterations: int = 3
     subsets: int = 8
-    v1_iterations: int = 8
+    v1_iterations: int = 12
+    v1_postfilter_per_psf: float = V1_POSTFILTER_PER_PSF
+    v1_axial_fwhm_mm: float = V1_AXIAL_FWHM_MM
     scanner: ScannerModel = field(default_factory=ScannerModel)
 
     @property
@@ -125,7 +128,7 @@ class StudyPlan:
             made on: epochs, threshold, variant), "test" or "ood".
         bmi_class: "low" or "high".
         recons: reconstruction versions to produce.
-        lesions: fixed ``(organ, diameter_mm, contrast)`` lesions; None draws 2-5 random ones.
+        lesions: fixed ``(organ, diameter_mm, contrast)`` lesions; None draws 4-8 random ones.
         ood: None, "bladder" or "catheter".
     """
 
@@ -178,10 +181,10 @@ def _study_rng(seed: int, study: str) -> np.random.Generator:
 
 
 def _random_lesions(rng: np.random.Generator) -> tuple[tuple[str, float, float], ...]:
-    """2-5 hot lesions of 10-28 mm, liver contrast 2-6 and lung 4-12: enough hot features of varied size and contrast
+    """4-8 hot lesions of 10-28 mm, liver contrast 2-6 and lung 4-12: enough hot features of varied size and contrast
     in the training studies that the denoisers learn to keep them."""
     out = []
-    for _ in range(int(rng.integers(2, 6))):
+    for _ in range(int(rng.integers(4, 9))):
         organ = "liver" if rng.uniform() < 0.6 else "lung"
         contrast = rng.uniform(2.0, 6.0) if organ == "liver" else rng.uniform(4.0, 12.0)
         out.append((organ, float(rng.uniform(10.0, 28.0)), float(round(contrast, 2))))
@@ -233,7 +236,7 @@ def simulate_study(plan: StudyPlan, profile: Profile, seed: int) -> dict:
     images = {
         v: osem(counts, durations, rates.attenuation, rates.background, sc.sensitivity, profile.geometry,
                 protocol(v, sc.psf_fwhm_mm, profile.v1_iterations if v == "v1" else profile.iterations,
-                         profile.subsets))
+                         profile.subsets, profile.v1_postfilter_per_psf, profile.v1_axial_fwhm_mm), grid.voxel_mm[2])
         for v in plan.recons
     }  # fmt: skip
     return {"spec": spec, "label": label, "truth": truth.astype(np.float32), "mu": (10 * mu_map).astype(np.float32),

@@ -9,13 +9,16 @@ scatter + randoms rate, ``kappa`` the scanner sensitivity and ``B`` the detector
 (identity for v1). Since ``T_f`` and ``kappa`` are in the model, the images are activity concentrations in the
 phantom's SUV-like units whatever the duration, so a 60 s image and a 600 s image share one scale.
 
-* v1: no resolution modelling (``B = I``), more iterations (the cohort's ``Profile.v1_iterations``) and a
-  post-filter of FWHM ``1.7 x`` the detector PSF: coarse noise grain.
+* v1: no resolution modelling (``B = I``), more iterations (the cohort's ``Profile.v1_iterations``), an in-plane
+  post-filter of FWHM ``1.25 x`` the detector PSF and, in the simulated cohorts, an axial one of 12 mm
+  (:data:`V1_AXIAL_FWHM_MM`, a mis-modelled axial resolution that elongates structures): coarse noise grain in
+  and across slices, lower resolution.
 * v2: the detector blur modelled in the system (``B`` = Gaussian of the PSF FWHM) and a post-filter of
   ``0.67 x`` the PSF: finer noise grain at about the v1 noise level (the paper's protocol change: texture and
   resolution, not noise level).
 
-Post-filters are 2D Gaussians in the slice plane (the acquisition is 2D). All slices and frames of a study are
+Post-filters are Gaussians in the slice plane (the acquisition is 2D), then across slices where the protocol has an
+axial FWHM. All slices and frames of a study are
 reconstructed together as the columns of one matrix, in chunks of :data:`~.projector.CHUNK_COLUMNS`.
 """
 
@@ -30,10 +33,14 @@ from scipy import ndimage
 from .acquisition import FWHM_PER_SIGMA, gaussian_kernel
 from .projector import CHUNK_COLUMNS, Geometry, system_matrix
 
-__all__ = ["ReconProtocol", "protocol", "osem", "postfilter", "V1_POSTFILTER_PER_PSF", "V2_POSTFILTER_PER_PSF"]
+__all__ = ["ReconProtocol", "protocol", "osem", "postfilter", "V1_POSTFILTER_PER_PSF", "V2_POSTFILTER_PER_PSF",
+           "V1_AXIAL_FWHM_MM"]
 
-V1_POSTFILTER_PER_PSF = 1.7
+V1_POSTFILTER_PER_PSF = 1.25
 """v1 post-filter FWHM as a multiple of the detector PSF FWHM."""
+V1_AXIAL_FWHM_MM = 12.0
+"""FWHM (mm) of the v1 protocol's axial post-filter in the simulated cohorts (:class:`~.cohort.Profile`): the old
+protocol's mis-modelled axial resolution, which elongates structures across slices."""
 V2_POSTFILTER_PER_PSF = 0.67
 """v2 post-filter FWHM as a multiple of the detector PSF FWHM."""
 
@@ -48,6 +55,9 @@ class ReconProtocol:
         subsets: ordered subsets (must divide the number of angles).
         resolution_fwhm_mm: FWHM of the radial detector blur modelled in the system matrix; 0 models none.
         postfilter_fwhm_mm: FWHM of the in-plane Gaussian post-filter; 0 for none.
+        axial_fwhm_mm: FWHM of a Gaussian post-filter across slices (a resolution the protocol mis-models along the
+            axis: it elongates structures axially); 0 for none (the default; :func:`osem` then needs no slice
+            thickness).
     """
 
     name: str
@@ -55,18 +65,24 @@ class ReconProtocol:
     subsets: int
     resolution_fwhm_mm: float
     postfilter_fwhm_mm: float
+    axial_fwhm_mm: float = 0.0
 
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.subsets < 1:
             raise ValueError(f"iterations and subsets must be >= 1, got {self.iterations} and {self.subsets}.")
-        if self.resolution_fwhm_mm < 0 or self.postfilter_fwhm_mm < 0:
-            raise ValueError("resolution_fwhm_mm and postfilter_fwhm_mm must be >= 0.")
+        if self.resolution_fwhm_mm < 0 or self.postfilter_fwhm_mm < 0 or not self.axial_fwhm_mm >= 0:
+            raise ValueError("resolution_fwhm_mm, postfilter_fwhm_mm and axial_fwhm_mm must be >= 0 (mm), got "
+                             f"{self.resolution_fwhm_mm}, {self.postfilter_fwhm_mm} and {self.axial_fwhm_mm}.")
 
 
-def protocol(version: str, psf_fwhm_mm: float, iterations: int = 3, subsets: int = 8) -> ReconProtocol:
-    """The paper's v1 or v2 protocol for a scanner of detector PSF ``psf_fwhm_mm`` (see the module docstring)."""
+def protocol(version: str, psf_fwhm_mm: float, iterations: int = 3, subsets: int = 8,
+             v1_postfilter_per_psf: float = V1_POSTFILTER_PER_PSF, v1_axial_fwhm_mm: float = 0.0) -> ReconProtocol:
+    """The paper's v1 or v2 protocol for a scanner of detector PSF ``psf_fwhm_mm`` (see the module docstring).
+
+    ``v1_postfilter_per_psf`` and ``v1_axial_fwhm_mm`` (mm) set the v1 protocol's in-plane post-filter (a multiple of
+    the PSF FWHM) and its axial post-filter; v2 ignores them."""
     if version == "v1":
-        return ReconProtocol("v1", iterations, subsets, 0.0, V1_POSTFILTER_PER_PSF * psf_fwhm_mm)
+        return ReconProtocol("v1", iterations, subsets, 0.0, v1_postfilter_per_psf * psf_fwhm_mm, v1_axial_fwhm_mm)
     if version == "v2":
         return ReconProtocol("v2", iterations, subsets, psf_fwhm_mm, V2_POSTFILTER_PER_PSF * psf_fwhm_mm)
     raise ValueError(f"unknown reconstruction version {version!r}; expected 'v1' or 'v2'.")
@@ -89,6 +105,7 @@ def osem(
     sensitivity: float,
     geometry: Geometry,
     recon: ReconProtocol,
+    slice_mm: float | None = None,
 ) -> np.ndarray:
     """Reconstruct frames of a study with OSEM and attenuation correction.
 
@@ -100,6 +117,7 @@ def osem(
         sensitivity: ``kappa``, expected counts per second per unit SUV x mm of line integral.
         geometry: sinogram/image geometry (``n_rows = n_angles * n_bins``).
         recon: the protocol.
+        slice_mm: slice thickness in mm; needed (> 0) only when ``recon.axial_fwhm_mm`` > 0.
 
     Returns:
         ``(n_frames, n_pixels, n_pixels, n_slices)`` float32 activity images in SUV-like units, zero outside the
@@ -133,6 +151,9 @@ def osem(
         raise ValueError(f"background_rate must be a ({n_rows}, {nz}) array of finite rates > 0 (counts per second).")
     if not (np.isfinite(sensitivity) and sensitivity > 0):
         raise ValueError(f"sensitivity must be a finite number > 0, got {sensitivity!r}.")
+    if recon.axial_fwhm_mm > 0 and not (slice_mm is not None and np.isfinite(slice_mm) and slice_mm > 0):
+        raise ValueError(f"slice_mm must be a slice thickness > 0 in mm for the protocol's axial post-filter "
+                         f"(axial_fwhm_mm {recon.axial_fwhm_mm}), got {slice_mm!r}.")
     sm = system_matrix(geometry, recon.subsets)
     blur = gaussian_kernel(recon.resolution_fwhm_mm, geometry.bin_mm)
     n_bins = geometry.n_bins
@@ -169,4 +190,7 @@ def osem(
     n = geometry.n_pixels
     images = images.reshape(n, n, n_frames, nz)
     images = postfilter(images, recon.postfilter_fwhm_mm, geometry.pixel_mm)
+    if recon.axial_fwhm_mm > 0:  # across slices (axis 3); the body goes on beyond the first and last slice
+        sigma_z = recon.axial_fwhm_mm / FWHM_PER_SIGMA / slice_mm
+        images = ndimage.gaussian_filter1d(images, sigma_z, axis=3, mode="nearest", truncate=3.0)
     return np.ascontiguousarray(images.transpose(2, 0, 1, 3))

@@ -65,7 +65,7 @@ UPTAKE = {
     "blood_pool": 1.6,
     "myocardium": 5.0,
     "bladder": 10.0,
-    "ood_bladder": 40.0,
+    "ood_bladder": 80.0,
     "catheter": 20.0,
 }
 """Nominal FDG uptake relative to soft tissue (SUV-like); each study scales each value by U(0.85, 1.15)."""

@@ -207,11 +207,12 @@ class TGD:
             _INSTALLED[module] = self
 
     def _install(self, net: nn.Module, rows: dict[str, torch.Tensor]) -> None:
+        zeroed = self._zeroed_by_layers() if self.mode == "activation" else {}
         for name, frozen in rows.items():
             module_name, _, attr = name.rpartition(".")
             self._frozen.append(_FrozenRows(name, net.get_submodule(module_name), attr, frozen))
             tensor = self._frozen[-1].tensor
-            if isinstance(tensor, nn.Parameter) and tensor.requires_grad:
+            if isinstance(tensor, nn.Parameter) and tensor.requires_grad and not _covered(frozen, zeroed.get(name)):
                 self._handles.append(tensor.register_hook(self._frozen[-1].mask_grad))
         if self.mode == "activation":
             for h in self.chain.hidden:
@@ -223,6 +224,21 @@ class TGD:
                 self._handles.append(h.conv.register_forward_hook(_TGDLayer(h.conv, h.name, frozen)))
         self._handles.append(register_optimizer_step_pre_hook(self._before_step))
         self._handles.append(register_optimizer_step_post_hook(self._after_step))
+
+    def _zeroed_by_layers(self) -> dict[str, torch.Tensor]:
+        """{parameter name: output channels whose gradient the TGD layers already make exactly zero}: the frozen
+        channels of every non-transposed hidden conv's weight (rows) and bias, which get their whole gradient
+        through the masked ``dL/dY``; their gradient hooks would only zero zeros again (the frozen rows are still
+        restored after every step, for weight decay and momentum)."""
+        out = {}
+        for h in self.chain.hidden:
+            if h.conv.transposed:  # the (in, out, *k) weight: its hook is kept
+                continue
+            zero = ~self.masks[h.name]
+            out[f"{h.name}.weight"] = zero
+            if h.conv.bias is not None:
+                out[f"{h.name}.bias"] = zero
+        return out
 
     def _holds(self, optimizer: torch.optim.Optimizer, ids: set[int] | frozenset[int] = frozenset()) -> bool:
         ids = self._param_ids | ids if ids else self._param_ids
@@ -282,6 +298,14 @@ def _check_not_installed(net: nn.Module, chain: ConvChain) -> None:
             f"TGD: the {type(net).__name__} already carries a TGD{where}; call remove() on that TGD (or leave its "
             "with block) before installing another."
         )
+
+
+def _covered(frozen: torch.Tensor, zero: torch.Tensor | None) -> bool:
+    """Whether every frozen element of a tensor (mask over its leading dims, rows first) lies in a row in ``zero``."""
+    if zero is None:
+        return False
+    rows = frozen if frozen.dim() == 1 else frozen.reshape(frozen.shape[0], -1).any(1)
+    return rows.shape == zero.shape and not bool((rows.cpu() & ~zero.cpu()).any())
 
 
 class _TGDLayer:
