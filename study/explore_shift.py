@@ -10,7 +10,7 @@ other, the body-RMSE gap, and the resolvable lesions (v2-net's lesion bias withi
 nothing is tuned here on a test study: this measures whether a simulator candidate makes the experiment able to
 show the effect before the study is run on it. Everything goes to ``--work``.
 
-    python study/explore_shift.py --work /tmp/shift --epochs 300                     # the candidate (about 25 min)
+    python study/explore_shift.py --work /tmp/shift --epochs 300                     # the candidate (about 15 min)
     python study/explore_shift.py --work /tmp/shift_v3 --epochs 300 --v1-iterations 8 --v1-postfilter-per-psf 1.7 \\
         --v1-axial-fwhm-mm 0                                                          # simulator v3's v1, same recipe
 """
@@ -27,6 +27,8 @@ from run_study import PROFILES, Study, run_stages
 
 from monai_tgd.simulate import PROFILES as COHORTS
 from monai_tgd.simulate import generate_cohort
+
+IMAGE_RMSE = "rmse_body_ref_image"
 
 
 def main() -> None:
@@ -71,9 +73,10 @@ def main() -> None:
             met = a < b if rule == "<" else a <= b if rule == "<=" else a >= b
             print(f"  {name}[{study_name}]: {a:.4g} {rule} {b:.4g}: {'met' if met else 'NOT met'}")
         for net in ("v1-net", "v2-net"):
-            print(f"    {study_name} {net}: " + ", ".join(
-                f"{recon} CoV {get(recon, net, COV):.2f} % bias {get(recon, net, BIAS):.2f} % RMSE {get(recon, net, RMSE):.4f}"
-                for recon in ("v1", "v2")))  # fmt: skip
+            cells = [f"{recon} CoV {get(recon, net, COV):.2f} % bias {get(recon, net, BIAS):.2f} % "
+                     f"RMSE {get(recon, net, RMSE):.4f} image RMSE {get(recon, net, IMAGE_RMSE):.4f}"
+                     for recon in ("v1", "v2")]
+            print(f"    {study_name} {net}: " + ", ".join(cells))
 
 
 if __name__ == "__main__":
