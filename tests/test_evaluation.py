@@ -239,6 +239,10 @@ def test_evaluation_rows_follow_the_slides_on_textured_heteroscedastic_study(tex
         assert row["liver_cov_pct"] == pytest.approx(slides_cov(images, liver), rel=1e-5)
         mean_image = images.astype(np.float64).mean(axis=0)
         assert row["rmse_body_ref"] == pytest.approx(np.sqrt(np.mean((mean_image[body] - ref64[body]) ** 2)), rel=1e-5)
+        # every image's error over the body, pooled over the realisations (bias and noise): not the mean image's
+        per_image = np.sqrt(np.mean((images.astype(np.float64)[:, body] - ref64[body]) ** 2))
+        assert row["rmse_body_ref_image"] == pytest.approx(per_image, rel=1e-5)
+        assert row["rmse_body_ref_image"] > row["rmse_body_ref"] * (1 + 1e-3)  # bias and noise, not the bias alone
         for lesion in row["lesions"]:
             n = lesion["lesion_label"]
             assert lesion["voxels"] == lesions[n].sum()

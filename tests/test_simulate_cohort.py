@@ -75,7 +75,7 @@ def test_datalist_schema(cohort):
     assert set(vals) == {("val_low_bmi_lesion", v) for v in ("v1", "v2")}
     assert all(r["role"] == "validation" and len(r["realizations"]) == 10 and r["lesions"] for r in vals.values())
     assert not {s for s, _ in vals} & {s for s, _ in tests}
-    # training studies carry 2-5 hot lesions each (denoisers learn to keep hot features)
+    # training studies carry 4-8 hot lesions each (denoisers learn to keep hot features)
     assert all(4 <= len(r["lesions"]) <= 8 for r in d["pretrain_v1"] + d["finetune_v2"])
     for rec in tests.values():
         assert len(rec["realizations"]) == 10 and rec["realization_duration_s"] == 60

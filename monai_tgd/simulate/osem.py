@@ -18,8 +18,8 @@ phantom's SUV-like units whatever the duration, so a 60 s image and a 600 s imag
   resolution, not noise level).
 
 Post-filters are Gaussians in the slice plane (the acquisition is 2D), then across slices where the protocol has an
-axial FWHM. All slices and frames of a study are
-reconstructed together as the columns of one matrix, in chunks of :data:`~.projector.CHUNK_COLUMNS`.
+axial FWHM. All slices and frames of a study are reconstructed together as the columns of one matrix, in chunks of
+:data:`~.projector.CHUNK_COLUMNS`.
 """
 
 from __future__ import annotations

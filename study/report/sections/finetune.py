@@ -35,8 +35,8 @@ def section_finetune(res: Results) -> list[str]:
         "over the body (the systematic error only, so the unbiased input scores lowest; the premises and targets "
         "use it, as issue 11 defines them); image RMSE: of each denoised image (bias and the noise left, what the "
         "networks are trained to lower), the root of the mean over the realisations; all over the slices from the "
-        f"first to the last holding liver or lesion voxels. FT-net and TGD-net: mean ± SD over seeds {res.seeds}; v1-net and v2-net "
-        "are shared by all seeds (one value; results.json gives them SD 0). The v1 tables: the same test studies "
+        f"first to the last holding liver or lesion voxels. FT-net and TGD-net: mean ± SD over seeds {res.seeds}; "
+        "v1-net and v2-net are shared by all seeds (one value; results.json gives them SD 0). The v1 tables: the same test studies "
         "reconstructed with the old protocol."
         + (f" Beside TGD-net, run at every seed like it: {', '.join(every_seed)} (section 7)." if every_seed else ""),
     ]
